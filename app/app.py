@@ -1,0 +1,100 @@
+"""The composition root: pages, HTTP routes, and the runner as a lifespan task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import reflex as rx
+from fastapi import FastAPI
+
+from app import db
+from app.api import auth_routes, health
+from app.config import Settings, get_settings
+from app.logging_setup import configure_logging
+from app.pages.history import history_page
+from app.pages.login import login_page
+from app.pages.rules import rules_page
+from app.pages.watchlist import watchlist_page
+from app.runtime.runner import Runner, set_current_runner
+from app.services import symbols as symbols_service
+from app.states.live import LiveState, ReflexUiSink
+from app.states.pages import HistoryState, RulesState
+from app.states.session import SessionState
+from brokers.paper.market import SimulatedMarket
+from notifiers.email import EmailNotifier, SmtpConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_notifiers(settings: Settings) -> dict:
+    if not settings.email_enabled:
+        return {}
+    return {
+        "email": EmailNotifier(
+            SmtpConfig(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                security=settings.smtp_security,
+                username=settings.smtp_username,
+                password=settings.smtp_password,
+                sender=settings.smtp_from,
+                timeout=settings.smtp_timeout,
+            )
+        )
+    }
+
+
+@contextlib.asynccontextmanager
+async def runner_lifespan(app: rx.App) -> AsyncIterator[None]:
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    if not settings.runner_enabled:
+        yield
+        return
+    market = SimulatedMarket(
+        seed=settings.market_seed,
+        always_open=settings.market_always_open,
+        tick_interval=settings.market_tick_interval,
+    )
+    async with db.session() as s:
+        await symbols_service.sync_master(s, await market.list_symbols())
+    runner = Runner(settings, market, ui=ReflexUiSink(app), notifiers=build_notifiers(settings))
+    set_current_runner(runner)
+    task = asyncio.create_task(runner.run(), name="runner")
+    log.info("runner started (email %s)", "on" if settings.email_enabled else "off")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        await market.close()
+        set_current_runner(None)
+        await db.dispose()
+
+
+api = FastAPI(title="Tickwatch API", docs_url=None, redoc_url=None, openapi_url=None)
+api.include_router(auth_routes.router)
+api.include_router(health.router)
+
+app = rx.App(
+    api_transformer=api,
+    theme=rx.theme(accent_color="indigo", radius="medium"),
+    head_components=[
+        rx.el.meta(name="viewport", content="width=device-width, initial-scale=1"),
+        rx.el.link(rel="manifest", href="/manifest.json"),
+        rx.el.meta(name="theme-color", content="#3e63dd"),
+    ],
+)
+app.register_lifespan_task(runner_lifespan)
+
+_private = [SessionState.guard, LiveState.connect]
+app.add_page(login_page, route="/login", title="Tickwatch")
+app.add_page(watchlist_page, route="/", title="Tickwatch", on_load=_private)
+app.add_page(rules_page, route="/rules", title="Tickwatch", on_load=[*_private, RulesState.load])
+app.add_page(
+    history_page, route="/alerts", title="Tickwatch", on_load=[*_private, HistoryState.load]
+)

@@ -1,0 +1,73 @@
+"""Settings, all from the environment (documented in .env.example).
+
+One place reads the environment so that tests can build a ``Settings`` with
+explicit values instead of patching globals.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str = Field(default=f"sqlite:///{PROJECT_ROOT / 'data' / 'app.db'}")
+    app_base_url: str = "http://localhost:3000"
+    default_language: Literal["ko", "en"] = "ko"
+
+    # Sessions
+    session_ttl_hours: int = Field(default=24 * 14, ge=1)
+    cookie_secure: Literal["auto", "true", "false"] = "auto"
+    login_max_failures: int = Field(default=5, ge=1)
+    login_window_seconds: int = Field(default=300, ge=1)
+
+    # Demo market (the paper broker's simulated KRX)
+    market_seed: int = 7
+    market_always_open: bool = True
+    market_tick_interval: float = Field(default=1.0, gt=0)
+
+    # Runner
+    runner_enabled: bool = True
+    rule_sync_interval: float = Field(default=2.0, gt=0)
+    ui_push_interval: float = Field(default=0.5, gt=0)
+    delivery_poll_interval: float = Field(default=2.0, gt=0)
+    delivery_max_attempts: int = Field(default=6, ge=1)
+    delivery_backoff_base: float = Field(default=2.0, gt=0)
+
+    # E-mail (SMTP). Empty host disables the e-mail channel.
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_security: Literal["none", "starttls", "tls"] = "none"
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_from: str = "KRX Alerts <alerts@localhost>"
+    smtp_timeout: float = 10.0
+
+    # Demo seed
+    demo_email: str = "demo@example.com"
+    demo_password: str = ""
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @property
+    def email_enabled(self) -> bool:
+        return bool(self.smtp_host)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    """Tests and the CLI change the environment and need a fresh read."""
+    get_settings.cache_clear()

@@ -1,0 +1,145 @@
+"""Price alert rules: a form that refuses bad input field by field, and the list."""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from app.components.i18n import t
+from app.components.layout import error_text, notice_text, page_frame
+from app.states.pages import RulesState
+
+OPS = ("cross_up", "cross_down", "cross", "above", "below")
+REPEATS = ("once", "rearm")
+
+
+def _field(label_key: str, control: rx.Component, field: str) -> rx.Component:
+    return rx.flex(
+        rx.text(t(label_key), as_="label", size="2", weight="medium", html_for=f"rule-{field}"),
+        control,
+        error_text(RulesState.field_errors.get(field, "").to(str), f"error-{field}"),
+        direction="column",
+        gap="1",
+        min_width="min(100%, 200px)",
+        flex="1",
+    )
+
+
+_SELECT_STYLE = {
+    "height": "40px",
+    "padding": "0 8px",
+    "border_radius": "6px",
+    "border": "1px solid var(--gray-a7)",
+    "background": "var(--color-surface)",
+    "color": "inherit",
+    "font_size": "16px",
+}
+
+
+def _form() -> rx.Component:
+    return rx.form(
+        rx.flex(
+            _field(
+                "rules.symbol",
+                rx.input(
+                    name="symbol",
+                    id="rule-symbol",
+                    placeholder=t("rules.symbol_placeholder"),
+                    size="3",
+                    auto_complete="off",
+                ),
+                "symbol",
+            ),
+            _field(
+                "rules.condition",
+                rx.el.select(
+                    *[rx.el.option(t(f"op.{op}"), value=op) for op in OPS],
+                    name="op",
+                    id="rule-op",
+                    style=_SELECT_STYLE,
+                ),
+                "op",
+            ),
+            _field(
+                "rules.level",
+                rx.input(
+                    name="level",
+                    id="rule-level",
+                    placeholder=t("rules.level_placeholder"),
+                    input_mode="numeric",
+                    size="3",
+                    auto_complete="off",
+                ),
+                "level",
+            ),
+            _field(
+                "rules.repeat",
+                rx.el.select(
+                    *[rx.el.option(t(f"rules.repeat.{r}"), value=r) for r in REPEATS],
+                    name="repeat",
+                    id="rule-repeat",
+                    style=_SELECT_STYLE,
+                ),
+                "repeat",
+            ),
+            _field(
+                "rules.name",
+                rx.input(name="name", id="rule-name", size="3", max_length=100),
+                "name",
+            ),
+            gap="3",
+            wrap="wrap",
+        ),
+        rx.button(t("rules.create"), type="submit", size="3", margin_top="3", id="create-rule"),
+        on_submit=RulesState.create,
+        key=RulesState.form_key,
+    )
+
+
+def _row(row: rx.Var) -> rx.Component:
+    return rx.flex(
+        rx.flex(
+            rx.text(row["name"], " ", rx.text.span(row["code"], color="var(--gray-10)"), weight="bold"),
+            rx.text(row["condition"], " ", row["level"], size="2"),
+            rx.text(row["rule_name"], " ", row["repeat"], " ", row["fired"], size="1", color="var(--gray-10)"),
+            direction="column",
+            flex="1",
+            min_width="0",
+        ),
+        rx.badge(
+            row["status_text"],
+            color_scheme=rx.cond(row["status"] == "active", "green", "gray"),
+        ),
+        rx.button(
+            t("rules.delete"),
+            on_click=RulesState.delete(row["id"]),
+            variant="soft",
+            color_scheme="red",
+            size="1",
+        ),
+        align="center",
+        gap="3",
+        padding="3",
+        border_bottom="1px solid var(--gray-a4)",
+        class_name="rule-row",
+    )
+
+
+def rules_page() -> rx.Component:
+    return page_frame(
+        rx.heading(t("rules.title"), size="6"),
+        rx.card(
+            rx.heading(t("rules.new"), size="3", margin_bottom="2"),
+            _form(),
+            notice_text(RulesState.notice, "rules-notice"),
+            margin_top="3",
+        ),
+        rx.box(
+            rx.cond(
+                RulesState.rows.length() > 0,
+                rx.foreach(RulesState.rows, _row),
+                rx.text(t("rules.empty"), color="var(--gray-10)", padding="3"),
+            ),
+            margin_top="3",
+            id="rules-list",
+        ),
+    )

@@ -1,0 +1,299 @@
+"""The runner: market ticks in, rule firings to the outbox, deliveries and live prices out.
+
+It keeps every loaded rule in an indexed ``RuleBook`` so a tick costs what it
+triggers, and learns about rule and watchlist edits incrementally (rules by
+``updated_at`` watermark, watchlists by a cheap (count, max id) signature).
+Failures in one pass are logged and retried; the runner itself keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from sqlmodel import col, func, select
+
+from app import db
+from app.config import Settings
+from app.models.market import Symbol
+from app.models.rules import RULE_ACTIVE, AlertRule
+from app.models.watchlists import Watchlist, WatchlistItem
+from app.runtime.delivery import DeliveryWorker
+from app.runtime.outbox import RuleMeta, record_firing
+from app.services import changes
+from brokers.base import BrokerError, MarketData
+from engines.market import Tick, change_pct
+from engines.rules.book import Fired, RuleBook
+from engines.rules.spec import PriceRuleSpec
+from notifiers.base import Notifier
+
+log = logging.getLogger(__name__)
+KST = ZoneInfo("Asia/Seoul")
+
+
+class UiSink(Protocol):
+    """Where live data for open pages goes (Reflex shared states in the app)."""
+
+    async def push_prices(self, user_id: int, quotes: dict[str, dict[str, str]]) -> None: ...
+
+    async def push_alert(self, user_id: int, alert: dict) -> None: ...
+
+
+@dataclass(slots=True)
+class LiveQuote:
+    price: int
+    prev_close: int
+    ts: datetime | None
+    session_date: date | None
+
+    def view(self) -> dict[str, str]:
+        diff = self.price - self.prev_close
+        return {
+            "price": f"{self.price:,}",
+            "change": f"{change_pct(self.price, self.prev_close):+.2f}%",
+            "dir": "up" if diff > 0 else "down" if diff < 0 else "flat",
+        }
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: Settings,
+        market: MarketData,
+        ui: UiSink | None = None,
+        notifiers: dict[str, Notifier] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.market = market
+        self.ui = ui
+        self.book = RuleBook()
+        self.meta: dict[int, RuleMeta] = {}
+        self.quotes: dict[str, LiveQuote] = {}
+        self.watchers: dict[str, set[int]] = {}
+        self.subscribed: set[str] = set()
+        self.delivery = DeliveryWorker(
+            settings, notifiers or {}, in_app_push=ui.push_alert if ui else None
+        )
+        self.ticks_seen = 0
+        self.events_recorded = 0
+        self._applied: dict[int, datetime] = {}
+        self._watermark: datetime | None = None
+        self._watch_signature: tuple[int, int] | None = None
+        self._dirty: set[str] = set()
+        self._changed = changes.subscribe()
+        self._synced = asyncio.Event()
+
+    # ---- lifecycle -------------------------------------------------------
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(self._sync_loop(), name="runner-sync"),
+            asyncio.create_task(self._tick_loop(), name="runner-ticks"),
+            asyncio.create_task(self._ui_loop(), name="runner-ui"),
+            asyncio.create_task(self.delivery.run(), name="runner-delivery"),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*tasks, return_exceptions=True)
+            changes.unsubscribe(self._changed)
+
+    async def wait_synced(self) -> None:
+        await self._synced.wait()
+
+    # ---- rules and subscriptions -----------------------------------------
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                await self.sync_once()
+                self._synced.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("rule/watchlist sync failed; will retry")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.settings.rule_sync_interval)
+            self._changed.clear()
+
+    async def sync_once(self) -> None:
+        async with db.session() as s:
+            stmt = select(AlertRule, Symbol).join(Symbol, col(Symbol.code) == col(AlertRule.symbol))
+            if self._watermark is not None:
+                stmt = stmt.where(col(AlertRule.updated_at) >= self._watermark)
+            rows = (await s.exec(stmt)).all()
+            signature = tuple(
+                (
+                    await s.exec(select(func.count(), func.coalesce(func.max(WatchlistItem.id), 0)))
+                ).one()
+            )
+            watch_rows = None
+            if signature != self._watch_signature:
+                watch_rows = (
+                    await s.exec(
+                        select(WatchlistItem.symbol, Watchlist.user_id).join(
+                            Watchlist, col(Watchlist.id) == col(WatchlistItem.watchlist_id)
+                        )
+                    )
+                ).all()
+        for rule, sym in rows:
+            self._apply_rule(rule, sym)
+            if self._watermark is None or rule.updated_at > self._watermark:
+                self._watermark = rule.updated_at
+        if watch_rows is not None:
+            watchers: dict[str, set[int]] = {}
+            for code, user_id in watch_rows:
+                watchers.setdefault(code, set()).add(user_id)
+            self.watchers = watchers
+            self._watch_signature = signature  # type: ignore[assignment]
+        await self._resubscribe()
+
+    def _apply_rule(self, rule: AlertRule, sym: Symbol) -> None:
+        assert rule.id is not None
+        if self._applied.get(rule.id) == rule.updated_at:
+            return  # seen this version already (the watermark is inclusive)
+        self._applied[rule.id] = rule.updated_at
+        if rule.status != RULE_ACTIVE:
+            self.book.remove(rule.id)
+            self.meta.pop(rule.id, None)
+            return
+        spec = PriceRuleSpec.model_validate(rule.spec)
+        self.book.add(rule.id, rule.symbol, spec, fire_count=rule.fire_count)
+        self.meta[rule.id] = RuleMeta(
+            user_id=rule.user_id,
+            symbol=rule.symbol,
+            name=rule.name,
+            name_ko=sym.name_ko,
+            name_en=sym.name_en,
+        )
+
+    async def _resubscribe(self) -> None:
+        wanted = set(self.watchers) | self.book.symbols()
+        new = wanted - self.subscribed
+        gone = self.subscribed - wanted
+        if new:
+            for code in sorted(new):
+                try:
+                    quote = await self.market.quote(code)
+                except BrokerError:
+                    log.warning("no quote for %s; not subscribing", code)
+                    continue
+                self.quotes[code] = LiveQuote(
+                    quote.price, quote.prev_close, quote.ts, quote.ts.astimezone(KST).date()
+                )
+                if self.book.last_price(code) is None:
+                    self.book.seed_price(code, quote.price)
+                self._dirty.add(code)
+            ok = {c for c in new if c in self.quotes}
+            await self.market.subscribe(ok)
+            self.subscribed |= ok
+        if gone:
+            await self.market.unsubscribe(gone)
+            self.subscribed -= gone
+            for code in gone:
+                self.quotes.pop(code, None)
+
+    # ---- ticks -----------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        await self._synced.wait()
+        delay = 1.0
+        while True:
+            try:
+                async for tick in self.market.ticks():
+                    await self.handle_tick(tick)
+                    delay = 1.0
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("market stream failed; reconnecting in %.0fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def handle_tick(self, tick: Tick) -> list[Fired]:
+        self.ticks_seen += 1
+        quote = self.quotes.get(tick.symbol)
+        if quote is not None:
+            day = tick.ts.astimezone(KST).date()
+            if quote.session_date is not None and day != quote.session_date:
+                with contextlib.suppress(BrokerError):
+                    quote.prev_close = (await self.market.quote(tick.symbol)).prev_close
+            quote.session_date = day
+            quote.price = tick.price
+            quote.ts = tick.ts
+            self._dirty.add(tick.symbol)
+        fired = self.book.on_tick(tick)
+        for f in fired:
+            await self._record(f, quote.prev_close if quote else None)
+        return fired
+
+    async def _record(self, fired: Fired, prev_close: int | None) -> None:
+        meta = self.meta.get(fired.rule_id)
+        if meta is None:
+            return
+        try:
+            async with db.session() as s:
+                event = await record_firing(
+                    s, fired, meta, prev_close, email_enabled=self.settings.email_enabled
+                )
+        except Exception:
+            log.exception("could not record firing of rule %s", fired.rule_id)
+            return
+        if fired.finished:
+            self.meta.pop(fired.rule_id, None)
+        if event is not None:
+            self.events_recorded += 1
+            self.delivery.wake.set()
+
+    # ---- live prices to open pages ----------------------------------------
+    async def _ui_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ui_push_interval)
+            try:
+                await self.flush_ui()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("UI push failed")
+
+    async def flush_ui(self) -> int:
+        """Coalesced: at most one update per user per interval, whatever the tick rate."""
+        if not self._dirty or self.ui is None:
+            self._dirty.clear()
+            return 0
+        per_user: dict[int, dict[str, dict[str, str]]] = {}
+        for code in self._dirty:
+            quote = self.quotes.get(code)
+            if quote is None:
+                continue
+            view = quote.view()
+            for user_id in self.watchers.get(code, ()):
+                per_user.setdefault(user_id, {})[code] = view
+        self._dirty.clear()
+        await asyncio.gather(
+            *(self.ui.push_prices(uid, quotes) for uid, quotes in per_user.items()),
+            return_exceptions=True,
+        )
+        return len(per_user)
+
+    def snapshot(self, codes: list[str]) -> dict[str, dict[str, str]]:
+        """Current prices for a page that just opened, before the next push."""
+        return {c: self.quotes[c].view() for c in codes if c in self.quotes}
+
+
+_current: Runner | None = None
+
+
+def current_runner() -> Runner | None:
+    return _current
+
+
+def set_current_runner(runner: Runner | None) -> None:
+    global _current
+    _current = runner

@@ -1,0 +1,238 @@
+"""Page states. Thin: resolve the user, call a service, translate its answer."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import reflex as rx
+
+from app import db
+from app.runtime.messages import render_alert, symbol_name, won
+from app.services import alerts as alerts_service
+from app.services import rules as rules_service
+from app.services import symbols as symbols_service
+from app.services import watchlist as watchlist_service
+from app.services.errors import ServiceError, ValidationFailed
+from app.states.live import LiveState
+from app.states.session import SessionState
+
+KST = ZoneInfo("Asia/Seoul")
+
+
+def _error_text(session: SessionState, code: str, params: dict[str, object]) -> str:
+    """Symbol names travel in both languages; show the one the page speaks."""
+    params = dict(params)
+    name_en = params.pop("name_en", None)
+    if name_en and session.ui_lang == "en":
+        params["name"] = name_en
+    return session._t(f"error.{code}", **params)
+
+
+class WatchlistState(rx.State):
+    query: str = ""
+    suggestions: list[dict[str, str]] = []
+    error: str = ""
+    notice: str = ""
+
+    @rx.event
+    async def set_query(self, value: str) -> None:
+        self.query = value
+        self.error = ""
+        async with db.session() as s:
+            found = await symbols_service.search(s, value, limit=8)
+        self.suggestions = [
+            {"code": f.code, "name_ko": f.name_ko, "name_en": f.name_en, "market": f.market}
+            for f in found
+        ]
+
+    @rx.event
+    async def pick(self, code: str) -> rx.event.EventSpec | None:
+        self.query = code
+        return await self.add()
+
+    @rx.event
+    async def submit(self, form: dict) -> rx.event.EventSpec | None:
+        self.query = str(form.get("symbol", self.query))
+        return await self.add()
+
+    @rx.event
+    async def add(self) -> rx.event.EventSpec | None:
+        session = await self.get_state(SessionState)
+        user = await session._user()
+        if user is None or user.id is None:
+            return rx.redirect("/login")
+        try:
+            async with db.session() as s:
+                sym = await watchlist_service.add(s, user.id, self.query)
+        except ServiceError as exc:
+            self.error = _error_text(session, exc.code, exc.params)
+            self.notice = ""
+            return None
+        self.error = ""
+        self.notice = session._t(
+            "watchlist.added", name=sym.name_en if session.ui_lang == "en" else sym.name_ko
+        )
+        self.query = ""
+        self.suggestions = []
+        live = await self.get_state(LiveState)
+        await live._refresh(user.id)
+        return None
+
+    @rx.event
+    async def remove(self, item_id: str) -> rx.event.EventSpec | None:
+        session = await self.get_state(SessionState)
+        user = await session._user()
+        if user is None or user.id is None:
+            return rx.redirect("/login")
+        try:
+            async with db.session() as s:
+                code = await watchlist_service.remove(s, user.id, int(item_id))
+        except (ServiceError, ValueError) as exc:
+            code_ = exc.code if isinstance(exc, ServiceError) else "not_found"
+            self.error = _error_text(session, code_, {})
+            return None
+        self.error = ""
+        self.notice = session._t("watchlist.removed", name=code)
+        live = await self.get_state(LiveState)
+        await live._refresh(user.id)
+        return None
+
+
+class RulesState(rx.State):
+    rows: list[dict[str, str]] = []
+    field_errors: dict[str, str] = {}
+    notice: str = ""
+    form_key: int = 0  # bumped to reset the form after a successful create
+
+    @rx.event
+    async def load(self) -> rx.event.EventSpec | None:
+        session = await self.get_state(SessionState)
+        user = await session._user()
+        if user is None or user.id is None:
+            return rx.redirect("/login")
+        async with db.session() as s:
+            rows = await rules_service.list_rows(s, user.id)
+        lang = session.ui_lang
+        self.rows = [
+            {
+                "id": str(r.id),
+                "code": r.code,
+                "name": r.name_en if lang == "en" else r.name_ko,
+                "rule_name": r.rule_name,
+                "condition": session._t(f"op.{r.op}"),
+                "level": won(r.level),
+                "repeat": session._t(f"rules.repeat.{r.repeat}"),
+                "status": r.status,
+                "status_text": session._t(f"rules.status.{r.status}"),
+                "fired": session._t("rules.fired_times", count=r.fire_count)
+                if r.fire_count
+                else "",
+            }
+            for r in rows
+        ]
+        return None
+
+    @rx.event
+    async def create(self, form: dict) -> rx.event.EventSpec | None:
+        session = await self.get_state(SessionState)
+        user = await session._user()
+        if user is None or user.id is None:
+            return rx.redirect("/login")
+        try:
+            async with db.session() as s:
+                await rules_service.create_price_rule(
+                    s,
+                    user.id,
+                    symbol_query=str(form.get("symbol", "")),
+                    op=str(form.get("op", "")),
+                    level=str(form.get("level", "")),
+                    repeat=str(form.get("repeat", "once") or "once"),
+                    name=str(form.get("name", "")),
+                )
+        except ValidationFailed as exc:
+            self.field_errors = {
+                field: _error_text(session, code, params)
+                for field, (code, params) in exc.field_errors.items()
+            }
+            self.notice = ""
+            return None
+        self.field_errors = {}
+        self.notice = session._t("rules.created")
+        self.form_key += 1
+        return RulesState.load
+
+    @rx.event
+    async def delete(self, rule_id: str) -> rx.event.EventSpec | None:
+        session = await self.get_state(SessionState)
+        user = await session._user()
+        if user is None or user.id is None:
+            return rx.redirect("/login")
+        try:
+            async with db.session() as s:
+                await rules_service.delete_rule(s, user.id, int(rule_id))
+        except (ServiceError, ValueError):
+            self.notice = _error_text(session, "not_found", {})
+            return RulesState.load
+        self.notice = session._t("rules.deleted")
+        return RulesState.load
+
+
+class HistoryState(rx.State):
+    rows: list[dict[str, str]] = []
+
+    @rx.event
+    async def load(self) -> rx.event.EventSpec | None:
+        session = await self.get_state(SessionState)
+        user = await session._user()
+        if user is None or user.id is None:
+            return rx.redirect("/login")
+        async with db.session() as s:
+            rows = await alerts_service.history(s, user.id)
+        lang = session.ui_lang
+        out = []
+        for r in rows:
+            rendered = render_alert(r.payload, lang)
+            out.append(
+                {
+                    "id": str(r.event_id),
+                    "time": r.fired_at.astimezone(KST).strftime("%Y-%m-%d %H:%M:%S"),
+                    "title": rendered.title,
+                    "symbol": r.symbol,
+                    "name": symbol_name(r.payload, lang),
+                    "price": won(r.price),
+                    "read": "1" if r.read else "",
+                    "deliveries": " · ".join(
+                        f"{session._t(f'channel.{ch}')}: {session._t(f'delivery.{st}')}"
+                        + (f" ({err})" if err and st != "sent" else "")
+                        for ch, st, err in r.deliveries
+                    ),
+                }
+            )
+        self.rows = out
+        return None
+
+    @rx.event
+    async def mark_all_read(self) -> rx.event.EventSpec | None:
+        session = await self.get_state(SessionState)
+        user = await session._user()
+        if user is None or user.id is None:
+            return rx.redirect("/login")
+        async with db.session() as s:
+            await alerts_service.mark_all_read(s, user.id)
+        live = await self.get_state(LiveState)
+        live.unread = 0
+        return HistoryState.load
+
+
+class LoginState(rx.State):
+    """The sign-in form posts natively to /auth/login; this only shows its answer."""
+
+    @rx.var
+    def error_key(self) -> str:
+        code = self.router.url.query_parameters.get("error", "")
+        allowed = {"invalid_credentials", "rate_limited", "missing_fields", "bad_origin"}
+        return f"login.error.{code}" if code in allowed else ""
+
+    @rx.var
+    def signed_out(self) -> bool:
+        return self.router.url.query_parameters.get("signed_out", "") == "1"
