@@ -37,10 +37,10 @@ deps: $(VENV)/.installed $(BUN)
 test-deps: deps $(VENV)/.test-installed chromium
 
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@{ command -v chromium && fc-list | grep -qi "noto sans cjk"; } >/dev/null 2>&1 || { \
 	  echo "installing Debian chromium for the browser tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; }
 
 run: deps
 	$(PY) -m app.cli migrate

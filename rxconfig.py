@@ -3,6 +3,7 @@
 import os
 
 import reflex as rx
+from reflex.plugins.sitemap import SitemapPlugin
 
 _base_url = os.environ.get("APP_BASE_URL", "http://localhost:3000").rstrip("/")
 
@@ -12,6 +13,8 @@ config = rx.Config(
     show_built_with_reflex=False,
     # Our own routes share this CORS policy; never "*" with credentials.
     cors_allowed_origins=[_base_url],
-    plugins=[rx.plugins.RadixThemesPlugin()],
-    disable_plugins=["reflex.plugins.sitemap.SitemapPlugin"],
+    plugins=[
+        rx.plugins.RadixThemesPlugin(theme=rx.theme(accent_color="indigo", radius="medium"))
+    ],
+    disable_plugins=[SitemapPlugin],
 )

@@ -82,7 +82,6 @@ api.include_router(health.router)
 
 app = rx.App(
     api_transformer=api,
-    theme=rx.theme(accent_color="indigo", radius="medium"),
     head_components=[
         rx.el.meta(name="viewport", content="width=device-width, initial-scale=1"),
         rx.el.link(rel="manifest", href="/manifest.json"),

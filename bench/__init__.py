@@ -1,0 +1,1 @@
+"""Benchmarks. Each module ``bench/NAME.py`` exposes ``run() -> dict``; see ``__main__``."""

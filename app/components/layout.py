@@ -5,6 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from app.components.i18n import t
+from app.components.native_form import native_form
 from app.states.live import LiveState
 from app.states.session import SessionState
 
@@ -70,7 +71,7 @@ def navbar() -> rx.Component:
         rx.spacer(),
         rx.flex(
             language_button(),
-            rx.el.form(
+            native_form(
                 rx.button(t("nav.sign_out"), type="submit", variant="soft", size="2"),
                 action="/auth/logout",
                 method="post",
@@ -81,7 +82,7 @@ def navbar() -> rx.Component:
         gap="3",
         wrap="wrap",
         align="center",
-        padding_y="3",
+        padding_y="12px",
         border_bottom="1px solid var(--gray-a5)",
         width="100%",
     )
@@ -127,10 +128,10 @@ def page_frame(*children: rx.Component) -> rx.Component:
     return rx.box(
         rx.box(
             navbar(),
-            rx.box(*children, padding_y="4"),
+            rx.box(*children, padding_y="16px"),
             max_width="960px",
             margin_x="auto",
-            padding_x="3",
+            padding_x="12px",
         ),
         alert_toast(),
         width="100%",

@@ -16,7 +16,7 @@ def _row(row: rx.Var) -> rx.Component:
         rx.text(row["deliveries"], size="1", color="var(--gray-11)"),
         direction="column",
         gap="1",
-        padding="3",
+        padding="12px",
         border_bottom="1px solid var(--gray-a4)",
         class_name="history-row",
     )
@@ -36,9 +36,9 @@ def history_page() -> rx.Component:
             rx.cond(
                 HistoryState.rows.length() > 0,
                 rx.foreach(HistoryState.rows, _row),
-                rx.text(t("history.empty"), color="var(--gray-10)", padding="3"),
+                rx.text(t("history.empty"), color="var(--gray-10)", padding="12px"),
             ),
-            margin_top="3",
+            margin_top="12px",
             id="history-list",
         ),
     )

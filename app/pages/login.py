@@ -5,6 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from app.components.i18n import t
+from app.components.native_form import native_form
 from app.components.layout import language_button
 from app.config import get_settings
 from app.states.pages import LoginState
@@ -24,7 +25,7 @@ def login_page() -> rx.Component:
                     width="100%",
                 ),
                 rx.text(t("app.tagline"), color="var(--gray-11)", size="2"),
-                rx.heading(t("login.title"), size="4", margin_top="2"),
+                rx.heading(t("login.title"), size="4", margin_top="8px"),
                 rx.cond(
                     LoginState.error_key != "",
                     rx.callout(
@@ -38,7 +39,7 @@ def login_page() -> rx.Component:
                     LoginState.signed_out,
                     rx.callout(t("login.signed_out"), color_scheme="green"),
                 ),
-                rx.el.form(
+                native_form(
                     rx.flex(
                         rx.text(t("login.email"), as_="label", html_for="email", size="2"),
                         rx.input(
@@ -82,5 +83,5 @@ def login_page() -> rx.Component:
             size="3",
         ),
         min_height="100vh",
-        padding="3",
+        padding="12px",
     )

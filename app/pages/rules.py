@@ -89,7 +89,7 @@ def _form() -> rx.Component:
             gap="3",
             wrap="wrap",
         ),
-        rx.button(t("rules.create"), type="submit", size="3", margin_top="3", id="create-rule"),
+        rx.button(t("rules.create"), type="submit", size="3", margin_top="12px", id="create-rule"),
         on_submit=RulesState.create,
         key=RulesState.form_key,
     )
@@ -118,7 +118,7 @@ def _row(row: rx.Var) -> rx.Component:
         ),
         align="center",
         gap="3",
-        padding="3",
+        padding="12px",
         border_bottom="1px solid var(--gray-a4)",
         class_name="rule-row",
     )
@@ -128,18 +128,18 @@ def rules_page() -> rx.Component:
     return page_frame(
         rx.heading(t("rules.title"), size="6"),
         rx.card(
-            rx.heading(t("rules.new"), size="3", margin_bottom="2"),
+            rx.heading(t("rules.new"), size="3", margin_bottom="8px"),
             _form(),
             notice_text(RulesState.notice, "rules-notice"),
-            margin_top="3",
+            margin_top="12px",
         ),
         rx.box(
             rx.cond(
                 RulesState.rows.length() > 0,
                 rx.foreach(RulesState.rows, _row),
-                rx.text(t("rules.empty"), color="var(--gray-10)", padding="3"),
+                rx.text(t("rules.empty"), color="var(--gray-10)", padding="12px"),
             ),
-            margin_top="3",
+            margin_top="12px",
             id="rules-list",
         ),
     )

@@ -65,7 +65,7 @@ def _row(row: rx.Var) -> rx.Component:
         ),
         align="center",
         gap="3",
-        padding="3",
+        padding="12px",
         border_bottom="1px solid var(--gray-a4)",
         class_name="watch-row",
         data_code=row["code"],
@@ -99,7 +99,7 @@ def watchlist_page() -> rx.Component:
                 width="100%",
             ),
             on_submit=WatchlistState.submit,
-            margin_top="3",
+            margin_top="12px",
         ),
         error_text(WatchlistState.error, "watch-error"),
         notice_text(WatchlistState.notice, "watch-notice"),
@@ -108,16 +108,16 @@ def watchlist_page() -> rx.Component:
             rx.card(
                 rx.foreach(WatchlistState.suggestions, _suggestion),
                 id="suggestions",
-                margin_top="1",
+                margin_top="4px",
             ),
         ),
         rx.box(
             rx.cond(
                 LiveState.watch_view.length() > 0,
                 rx.foreach(LiveState.watch_view, _row),
-                rx.text(t("watchlist.empty"), color="var(--gray-10)", padding="3"),
+                rx.text(t("watchlist.empty"), color="var(--gray-10)", padding="12px"),
             ),
-            margin_top="3",
+            margin_top="12px",
             id="watchlist",
         ),
     )

@@ -44,10 +44,10 @@ watched price visibly moves every second or two.
 _MOVE_SIZES = (1, 2, 3)
 _MOVE_WEIGHTS = (6, 3, 1)
 # Strength of the pull back towards the reference price: the chance of an
-# up-move is 0.5 - _REVERSION * ln(price / ref). 10% above the reference that is
-# about 36%, enough to keep a long run bounded, mild enough that a day's chart
-# still wanders.
-_REVERSION = 1.5
+# up-move is 0.5 - _REVERSION * ln(price / ref), about 43% when 10% above it.
+# That keeps a run of any length within a few percent of the reference (a
+# plausible daily range), yet mild enough that the chart still wanders.
+_REVERSION = 0.75
 _P_UP_BOUNDS = (0.15, 0.85)
 # Typical trade value in won. Volume per print scales inversely with price, so
 # a 500-won stock trades thousands of shares per print and a 1,000,000-won stock

@@ -277,9 +277,7 @@ class RuleBook:
                     else:
                         self._arm(idx, rule, p1)
             else:
-                hits = list(
-                    idx.down.irange((p1,), (p0,), inclusive=(True, False), reverse=True)
-                )
+                hits = list(idx.down.irange((p1,), (p0,), inclusive=(True, False), reverse=True))
                 self.visited += len(hits)
                 for _level, rule_id in hits:
                     rule = self._rules[rule_id]

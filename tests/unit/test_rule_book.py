@@ -509,11 +509,11 @@ class RefBook:
 
 SYMBOLS = ["A", "B"]
 # A narrow price range makes crossings, exact touches and band edges frequent.
-prices = st.integers(min_value=1, max_value=16)
+prices = st.integers(min_value=1, max_value=12)
 rule_specs = st.builds(
     PriceRuleSpec,
     op=st.sampled_from(list(PriceOp)),
-    level=st.integers(min_value=1, max_value=16),
+    level=st.integers(min_value=1, max_value=12),
     repeat=st.sampled_from(["once", "rearm"]),
     rearm_band_pct=st.sampled_from([0.5, 10.0, 20.0]),
 )
@@ -523,18 +523,18 @@ actions = st.one_of(
     st.tuples(st.just("tick"), st.just("A"), prices),
     st.tuples(
         st.just("add"),
-        st.integers(min_value=0, max_value=7),
+        st.integers(min_value=0, max_value=5),
         st.sampled_from(SYMBOLS),
         rule_specs,
         st.sampled_from([0, 0, 0, 1, 3]),
     ),
-    st.tuples(st.just("remove"), st.integers(min_value=0, max_value=7)),
+    st.tuples(st.just("remove"), st.integers(min_value=0, max_value=5)),
     st.tuples(st.just("seed"), st.sampled_from(SYMBOLS), prices),
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(actions, min_size=1, max_size=80))
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(actions, min_size=20, max_size=120))
 def test_book_matches_brute_force_reference(script):
     book = RuleBook()
     ref = RefBook()

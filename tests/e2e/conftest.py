@@ -1,0 +1,114 @@
+"""Start the production build (`reflex run --env prod`) on a free port, like `make run` does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from tests.conftest import SmtpSink, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "tests" / "e2e" / "artifacts"
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+DEMO_PASSWORD = "e2e-demo-Passw0rd"
+
+
+@dataclass
+class RunningApp:
+    base_url: str
+    smtp: SmtpSink
+    log_path: Path
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited early:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"app did not answer {url} in {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    work = tmp_path_factory.mktemp("e2e")
+    port = free_port()
+    smtp = SmtpSink("127.0.0.1", free_port())
+    controller = Controller(smtp, hostname=smtp.host, port=smtp.port)
+    controller.start()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{work / 'e2e.db'}",
+        "APP_BASE_URL": f"http://localhost:{port}",
+        "SMTP_HOST": smtp.host,
+        "SMTP_PORT": str(smtp.port),
+        "DEMO_PASSWORD": DEMO_PASSWORD,
+        "MARKET_TICK_INTERVAL": "0.1",
+        "UI_PUSH_INTERVAL": "0.3",
+        "RULE_SYNC_INTERVAL": "0.5",
+        "DELIVERY_POLL_INTERVAL": "0.5",
+        "PATH": f"{ROOT / '.tools' / 'node_modules' / '.bin'}:{os.environ.get('PATH', '')}",
+        "REFLEX_USE_SYSTEM_BUN": "1",
+        "REFLEX_CHECK_LATEST_VERSION": "0",
+        "REFLEX_TELEMETRY_ENABLED": "0",
+        "NPM_CONFIG_REGISTRY": os.environ.get("NPM_CONFIG_REGISTRY", "https://registry.npmjs.org/"),
+    }
+    for cmd in (["migrate"], ["seed-demo"]):
+        subprocess.run([sys.executable, "-m", "app.cli", *cmd], cwd=ROOT, env=env, check=True)
+    log = work / "app.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "reflex"),
+                "run",
+                "--env",
+                "prod",
+                "--frontend-port",
+                str(port),
+                "--backend-port",
+                str(port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/ping", 600, proc, log)
+        _wait_http(f"http://127.0.0.1:{port}/login", 120, proc, log)
+        yield RunningApp(f"http://localhost:{port}", smtp, log)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        controller.stop()
+        (ARTIFACTS / "app.log").write_text(log.read_text())
