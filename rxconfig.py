@@ -13,8 +13,6 @@ config = rx.Config(
     show_built_with_reflex=False,
     # Our own routes share this CORS policy; never "*" with credentials.
     cors_allowed_origins=[_base_url],
-    plugins=[
-        rx.plugins.RadixThemesPlugin(theme=rx.theme(accent_color="indigo", radius="medium"))
-    ],
+    plugins=[rx.plugins.RadixThemesPlugin(theme=rx.theme(accent_color="indigo", radius="medium"))],
     disable_plugins=[SitemapPlugin],
 )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlmodel import SQLModel
 
 import app.models  # noqa: F401  (registers every table)
+from alembic import context
 from app.config import get_settings
 from app.db import ensure_sqlite_dir, is_sqlite, sync_url
 

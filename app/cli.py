@@ -10,9 +10,9 @@ import secrets
 import sys
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
 
+from alembic import command
 from app import db
 from app.config import PROJECT_ROOT, get_settings
 from app.logging_setup import configure_logging

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 
 # KRX unified tick-size table (KOSPI and KOSDAQ alike since 2023-01-25):
 # (exclusive upper bound of the band, tick size in won).
@@ -36,7 +36,7 @@ class Tick:
     ts: datetime
 
 
-class Direction(str, Enum):
+class Direction(StrEnum):
     UP = "up"
     DOWN = "down"
 

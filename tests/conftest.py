@@ -19,9 +19,7 @@ from sqlalchemy.engine import make_url
 from app import db
 from app.cli import migrate
 
-PG_ADMIN_URL = os.environ.get(
-    "TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def free_port() -> int:
@@ -32,7 +30,9 @@ def free_port() -> int:
 
 def _pg_conninfo(url: str) -> str:
     u = make_url(url)
-    return f"host={u.host} port={u.port or 5432} user={u.username or 'postgres'} dbname={u.database}"
+    return (
+        f"host={u.host} port={u.port or 5432} user={u.username or 'postgres'} dbname={u.database}"
+    )
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 09:39:25.698682
+Create Date: 2026-11-24 09:56:48.964768
 """
 
 from collections.abc import Sequence
@@ -56,7 +56,6 @@ def upgrade() -> None:
     sa.Column('spec', sa.JSON(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('fire_count', sa.Integer(), nullable=False),
-    sa.Column('armed', sa.Boolean(), nullable=False),
     sa.Column('last_fired_at', app.models.common.UTCDateTime(timezone=True), nullable=True),
     sa.Column('created_at', app.models.common.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', app.models.common.UTCDateTime(timezone=True), nullable=False),

@@ -30,10 +30,14 @@ class AlertEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     idempotency_key: str = Field(sa_column=Column(String(80), unique=True, nullable=False))
     rule_id: int = Field(
-        sa_column=Column(Integer, ForeignKey("alert_rules.id", ondelete="CASCADE"), index=True, nullable=False)
+        sa_column=Column(
+            Integer, ForeignKey("alert_rules.id", ondelete="CASCADE"), index=True, nullable=False
+        )
     )
     user_id: int = Field(
-        sa_column=Column(Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+        sa_column=Column(
+            Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False
+        )
     )
     symbol: str = Field(max_length=12)
     price: int
@@ -50,10 +54,14 @@ class Delivery(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     event_id: int = Field(
-        sa_column=Column(Integer, ForeignKey("alert_events.id", ondelete="CASCADE"), index=True, nullable=False)
+        sa_column=Column(
+            Integer, ForeignKey("alert_events.id", ondelete="CASCADE"), index=True, nullable=False
+        )
     )
     user_id: int = Field(
-        sa_column=Column(Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+        sa_column=Column(
+            Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False
+        )
     )
     channel: str = Field(max_length=16)
     status: str = Field(default=DELIVERY_PENDING, max_length=12, index=True)

@@ -20,16 +20,19 @@ class AlertRule(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(
-        sa_column=Column(Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+        sa_column=Column(
+            Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False
+        )
     )
-    symbol: str = Field(sa_column=Column(String(12), ForeignKey("symbols.code"), index=True, nullable=False))
+    symbol: str = Field(
+        sa_column=Column(String(12), ForeignKey("symbols.code"), index=True, nullable=False)
+    )
     name: str = Field(default="", max_length=100)
     spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     status: str = Field(default=RULE_ACTIVE, max_length=16, index=True)
     # Written by the runner only; a user edit bumps ``updated_at`` instead, which
     # is how the runner notices edits without rereading every rule.
     fire_count: int = 0
-    armed: bool = True
     last_fired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)

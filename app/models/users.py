@@ -34,7 +34,9 @@ class UserSession(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     token_hash: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
     user_id: int = Field(
-        sa_column=Column(Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+        sa_column=Column(
+            Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False
+        )
     )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)

@@ -15,7 +15,9 @@ class Watchlist(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(
-        sa_column=Column(Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False)
+        sa_column=Column(
+            Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False
+        )
     )
     name: str = Field(default="", max_length=100)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -27,8 +29,12 @@ class WatchlistItem(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     watchlist_id: int = Field(
-        sa_column=Column(Integer, ForeignKey("watchlists.id", ondelete="CASCADE"), index=True, nullable=False)
+        sa_column=Column(
+            Integer, ForeignKey("watchlists.id", ondelete="CASCADE"), index=True, nullable=False
+        )
     )
-    symbol: str = Field(sa_column=Column(String(12), ForeignKey("symbols.code"), index=True, nullable=False))
+    symbol: str = Field(
+        sa_column=Column(String(12), ForeignKey("symbols.code"), index=True, nullable=False)
+    )
     position: int = 0
     added_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

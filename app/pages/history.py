@@ -15,7 +15,7 @@ def _row(row: rx.Var) -> rx.Component:
         rx.text(row["title"], weight=rx.cond(row["read"] == "", "bold", "regular")),
         rx.text(row["deliveries"], size="1", color="var(--gray-11)"),
         direction="column",
-        gap="1",
+        spacing="1",
         padding="12px",
         border_bottom="1px solid var(--gray-a4)",
         class_name="history-row",
@@ -29,7 +29,7 @@ def history_page() -> rx.Component:
             rx.spacer(),
             rx.button(t("history.mark_read"), on_click=HistoryState.mark_all_read, variant="soft"),
             align="center",
-            gap="3",
+            spacing="3",
             wrap="wrap",
         ),
         rx.box(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import reflex as rx
 
 from app.components.i18n import t
-from app.components.native_form import native_form
 from app.components.layout import language_button
+from app.components.native_form import native_form
 from app.config import get_settings
 from app.states.pages import LoginState
 from app.states.session import SessionState
@@ -66,7 +66,7 @@ def login_page() -> rx.Component:
                         ),
                         rx.button(t("login.submit"), type="submit", size="3", id="login-submit"),
                         direction="column",
-                        gap="2",
+                        spacing="2",
                     ),
                     action="/auth/login",
                     method="post",
@@ -77,7 +77,7 @@ def login_page() -> rx.Component:
                     color="var(--gray-10)",
                 ),
                 direction="column",
-                gap="3",
+                spacing="3",
             ),
             width="min(420px, calc(100vw - 24px))",
             size="3",

@@ -18,7 +18,7 @@ def _field(label_key: str, control: rx.Component, field: str) -> rx.Component:
         control,
         error_text(RulesState.field_errors.get(field, "").to(str), f"error-{field}"),
         direction="column",
-        gap="1",
+        spacing="1",
         min_width="min(100%, 200px)",
         flex="1",
     )
@@ -86,7 +86,7 @@ def _form() -> rx.Component:
                 rx.input(name="name", id="rule-name", size="3", max_length=100),
                 "name",
             ),
-            gap="3",
+            spacing="3",
             wrap="wrap",
         ),
         rx.button(t("rules.create"), type="submit", size="3", margin_top="12px", id="create-rule"),
@@ -98,9 +98,19 @@ def _form() -> rx.Component:
 def _row(row: rx.Var) -> rx.Component:
     return rx.flex(
         rx.flex(
-            rx.text(row["name"], " ", rx.text.span(row["code"], color="var(--gray-10)"), weight="bold"),
+            rx.text(
+                row["name"], " ", rx.text.span(row["code"], color="var(--gray-10)"), weight="bold"
+            ),
             rx.text(row["condition"], " ", row["level"], size="2"),
-            rx.text(row["rule_name"], " ", row["repeat"], " ", row["fired"], size="1", color="var(--gray-10)"),
+            rx.text(
+                row["rule_name"],
+                " ",
+                row["repeat"],
+                " ",
+                row["fired"],
+                size="1",
+                color="var(--gray-10)",
+            ),
             direction="column",
             flex="1",
             min_width="0",
@@ -117,7 +127,7 @@ def _row(row: rx.Var) -> rx.Component:
             size="1",
         ),
         align="center",
-        gap="3",
+        spacing="3",
         padding="12px",
         border_bottom="1px solid var(--gray-a4)",
         class_name="rule-row",

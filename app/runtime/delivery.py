@@ -9,6 +9,7 @@ delivery log shows every outcome, including the reason for a dead letter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -73,10 +74,8 @@ class DeliveryWorker:
                 handled = 0
             if handled:
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.settings.delivery_poll_interval)
-            except TimeoutError:
-                pass
             self.wake.clear()
 
     async def _claim(self) -> list[int]:
@@ -149,9 +148,7 @@ class DeliveryWorker:
             self._apply(delivery, outcome)
             s.add(delivery)
             await s.commit()
-            log.info(
-                "delivery %s (%s) -> %s", delivery.id, delivery.channel, delivery.status
-            )
+            log.info("delivery %s (%s) -> %s", delivery.id, delivery.channel, delivery.status)
 
     async def _push_in_app(self, user_id: int, event: AlertEvent, title: str) -> Delivered:
         """In-app is delivered once it is in the DB; the push only makes it instant."""
@@ -176,7 +173,10 @@ class DeliveryWorker:
             delivery.status = DELIVERY_SENT
             delivery.sent_at = now
             delivery.last_error = ""
-        elif isinstance(outcome, Retryable) and delivery.attempts < self.settings.delivery_max_attempts:
+        elif (
+            isinstance(outcome, Retryable)
+            and delivery.attempts < self.settings.delivery_max_attempts
+        ):
             delay = max(outcome.retry_after or 0.0, self.backoff(delivery.attempts))
             delivery.status = DELIVERY_PENDING
             delivery.next_attempt_at = now + timedelta(seconds=delay)

@@ -45,9 +45,9 @@ def render_alert(payload: dict[str, Any], lang: str, base_url: str = "") -> Rend
     footer = translate("alert.email_footer", lang, url=f"{base_url.rstrip('/')}/rules")
     text = f"{body}\n\n{footer}\n"
     html_body = (
-        "<!doctype html><html><body style=\"font-family:sans-serif\">"
+        '<!doctype html><html><body style="font-family:sans-serif">'
         f"<h2>{html.escape(title)}</h2><p>{html.escape(body)}</p>"
-        f"<p style=\"color:#666;font-size:12px\">{html.escape(footer)}</p></body></html>"
+        f'<p style="color:#666;font-size:12px">{html.escape(footer)}</p></body></html>'
     )
     subject = translate("alert.email_subject", lang, **params)
     return RenderedAlert(title=title, text=text, subject=subject, html=html_body)

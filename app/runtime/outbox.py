@@ -86,7 +86,6 @@ async def record_firing(
             session.add(Delivery(event_id=event.id, user_id=meta.user_id, channel=channel))
         rule.fire_count = max(rule.fire_count, fired.fire_no)
         rule.last_fired_at = fired.ts
-        rule.armed = False
         if fired.finished:
             rule.status = RULE_TRIGGERED
         session.add(rule)

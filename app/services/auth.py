@@ -127,12 +127,14 @@ async def create_local_user(
 async def authenticate(
     session: AsyncSession, email: str, password: str, throttle: LoginThrottle, ip: str
 ) -> User:
-    """Check a password. Raises ``RateLimited`` or ``AuthFailed``; never says which part was wrong."""
+    """Check a password: ``RateLimited`` or ``AuthFailed``, never saying which part was wrong."""
     email_n = normalize_email(email)
     keys = (f"acct:{email_n}", f"ip:{ip}")
     throttle.check(*keys)
     user = await get_user_by_email(session, email_n)
-    ok = verify_password(user.password_hash if user and user.password_hash else _DUMMY_HASH, password)
+    ok = verify_password(
+        user.password_hash if user and user.password_hash else _DUMMY_HASH, password
+    )
     if not (user and ok and user.is_active and user.password_hash):
         throttle.failed(*keys)
         log.info("sign-in failed", extra={"ip": ip})

@@ -94,9 +94,7 @@ async def resolve(session: AsyncSession, query: str, field: str = "symbol") -> S
             raise ValidationFailed.single(field, "unknown_symbol", query=q)
         return row
     matches = await search(session, q, limit=2)
-    exact = [
-        s for s in matches if s.name_ko.lower() == q.lower() or s.name_en.lower() == q.lower()
-    ]
+    exact = [s for s in matches if s.name_ko.lower() == q.lower() or s.name_en.lower() == q.lower()]
     if exact:
         return exact[0]
     if len(matches) == 1:

@@ -57,8 +57,8 @@ async def add(session: AsyncSession, user_id: int, query: str) -> Symbol:
     """Add by code or name. Unknown, ambiguous, duplicate and over-limit input is refused whole."""
     sym = await symbols.resolve(session, query)
     wl = await default_watchlist(session, user_id)
-    count_stmt = select(func.count()).select_from(WatchlistItem).where(
-        WatchlistItem.watchlist_id == wl.id
+    count_stmt = (
+        select(func.count()).select_from(WatchlistItem).where(WatchlistItem.watchlist_id == wl.id)
     )
     count = (await session.exec(count_stmt)).one()
     dup_stmt = select(WatchlistItem).where(

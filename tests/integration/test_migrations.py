@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 from sqlmodel import SQLModel
 
 import app.models  # noqa: F401
+from alembic import command
 from app.cli import alembic_config, migrate
 from app.db import sync_url
 

@@ -59,7 +59,9 @@ async def _settled(max_wait: float = 15.0) -> None:
         if not busy:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"deliveries still pending: {[(d.channel, d.status, d.last_error) for d in busy]}")
+    raise AssertionError(
+        f"deliveries still pending: {[(d.channel, d.status, d.last_error) for d in busy]}"
+    )
 
 
 async def _run(market: ReplayMarket, cfg, ui=None, notifiers=None) -> Runner:
@@ -92,7 +94,11 @@ def _email(smtp) -> dict:
 
 
 def _notifiers(smtp) -> dict:
-    return {"email": EmailNotifier(SmtpConfig(host=smtp.host, port=smtp.port, sender="alerts@tickwatch.test"))}
+    return {
+        "email": EmailNotifier(
+            SmtpConfig(host=smtp.host, port=smtp.port, sender="alerts@tickwatch.test")
+        )
+    }
 
 
 async def test_cross_up_back_and_forth_yields_one_event_one_delivery_per_channel(smtp_server):
@@ -112,7 +118,9 @@ async def test_cross_up_back_and_forth_yields_one_event_one_delivery_per_channel
     assert len(events) == 1
     ev = events[0]
     assert (ev.symbol, ev.price, ev.idempotency_key) == ("005930", 70_100, f"price:{ev.rule_id}:1")
-    assert ev.payload["prev_price"] == 69_900 and ev.payload["change_pct"] == pytest.approx(1.59, abs=0.01)
+    assert ev.payload["prev_price"] == 69_900 and ev.payload["change_pct"] == pytest.approx(
+        1.59, abs=0.01
+    )
     assert sorted((d.channel, d.status, d.attempts) for d in await _deliveries()) == [
         ("email", "sent", 1),
         ("in_app", "sent", 1),
@@ -122,7 +130,11 @@ async def test_cross_up_back_and_forth_yields_one_event_one_delivery_per_channel
     mail = smtp_server.messages[0]
     assert smtp_server.envelopes[0][1] == ["trader@example.com"]
     assert "삼성전자" in mail["Subject"] and "70,000" in mail["Subject"]
-    parts = {p.get_content_type(): p.get_payload(decode=True).decode() for p in mail.walk() if not p.is_multipart()}
+    parts = {
+        p.get_content_type(): p.get_payload(decode=True).decode()
+        for p in mail.walk()
+        if not p.is_multipart()
+    }
     assert "70,100" in parts["text/plain"] and "70,100" in parts["text/html"]
     assert mail["X-Tickwatch-Key"] == f"{ev.idempotency_key}:email"
     # the one-shot rule is finished, and the page got the alert and live prices
@@ -159,7 +171,9 @@ async def test_restart_does_not_repeat_a_finished_alert(smtp_server):
     await seed_symbols()
     user = await make_user()
     async with db.session() as s:
-        await rules_service.create_price_rule(s, user.id, symbol_query="005930", op="above", level="70000")
+        await rules_service.create_price_rule(
+            s, user.id, symbol_query="005930", op="above", level="70000"
+        )
     path = [69_000, 70_000, 69_000, 71_000]
     cfg = settings(**_email(smtp_server))
     await _run(ReplayMarket(ticks("005930", path), SYMBOLS), cfg, None, _notifiers(smtp_server))
@@ -172,7 +186,9 @@ async def test_recording_the_same_firing_twice_is_a_no_op():
     await seed_symbols()
     user = await make_user()
     async with db.session() as s:
-        rule = await rules_service.create_price_rule(s, user.id, symbol_query="005930", op="cross_up", level="70000")
+        rule = await rules_service.create_price_rule(
+            s, user.id, symbol_query="005930", op="cross_up", level="70000"
+        )
     fired = Fired(rule.id, "005930", PriceOp.CROSS_UP, 70_000, 70_100, 69_900, T0, 1, True)
     meta = RuleMeta(user.id, "005930", "", "삼성전자", "Samsung Electronics")
     async with db.session() as s:
@@ -190,8 +206,12 @@ async def test_rules_of_two_users_fire_separately_and_prices_go_to_watchers_only
     bob = await make_user("bob@example.com")
     carol = await make_user("carol@example.com")
     async with db.session() as s:
-        await rules_service.create_price_rule(s, alice.id, symbol_query="005930", op="cross_up", level="70000")
-        await rules_service.create_price_rule(s, bob.id, symbol_query="005930", op="cross_up", level="70050")
+        await rules_service.create_price_rule(
+            s, alice.id, symbol_query="005930", op="cross_up", level="70000"
+        )
+        await rules_service.create_price_rule(
+            s, bob.id, symbol_query="005930", op="cross_up", level="70050"
+        )
         await watchlist.add(s, alice.id, "005930")
         await watchlist.add(s, carol.id, "000660")
     both = ticks("005930", [69_900, 70_100]) + ticks("000660", [200_000, 200_500])
@@ -212,7 +232,9 @@ async def test_refused_recipient_is_a_dead_letter_with_its_reason(smtp_server):
     user = await make_user("bounce@example.com")
     smtp_server.reject.add("bounce@example.com")
     async with db.session() as s:
-        await rules_service.create_price_rule(s, user.id, symbol_query="005930", op="cross_up", level="70000")
+        await rules_service.create_price_rule(
+            s, user.id, symbol_query="005930", op="cross_up", level="70000"
+        )
     await _run(
         ReplayMarket(ticks("005930", [69_900, 70_100]), SYMBOLS),
         settings(**_email(smtp_server)),
@@ -229,7 +251,9 @@ async def test_unreachable_smtp_is_retried_with_backoff_then_dead():
     await seed_symbols()
     user = await make_user()
     async with db.session() as s:
-        await rules_service.create_price_rule(s, user.id, symbol_query="005930", op="cross_up", level="70000")
+        await rules_service.create_price_rule(
+            s, user.id, symbol_query="005930", op="cross_up", level="70000"
+        )
     port = free_port()  # nothing listens here
     cfg = settings(smtp_host="127.0.0.1", smtp_port=port, delivery_max_attempts=3)
     notifiers = {"email": EmailNotifier(SmtpConfig(host="127.0.0.1", port=port, timeout=2))}

@@ -142,7 +142,9 @@ async def test_sessions_store_only_the_hash_and_expire():
     user = await make_user(password="s3cret-pass!")
     throttle = auth.LoginThrottle(max_failures=3, window_seconds=60)
     async with db.session() as s:
-        found = await auth.authenticate(s, " Trader@Example.com ", "s3cret-pass!", throttle, "1.2.3.4")
+        found = await auth.authenticate(
+            s, " Trader@Example.com ", "s3cret-pass!", throttle, "1.2.3.4"
+        )
         assert found.id == user.id
         token = await auth.create_session(s, found, timedelta(hours=1), "pytest", "1.2.3.4")
         assert (await auth.resolve_session(s, token)).id == user.id
@@ -153,7 +155,9 @@ async def test_sessions_store_only_the_hash_and_expire():
         row = (await s.exec(select(UserSession))).one()
         assert row.token_hash == auth.hash_token(token) and token not in row.token_hash
         # expiry
-        assert await auth.resolve_session(s, token, now=row.expires_at + timedelta(seconds=1)) is None
+        assert (
+            await auth.resolve_session(s, token, now=row.expires_at + timedelta(seconds=1)) is None
+        )
         await auth.revoke_session(s, token)
         assert await auth.resolve_session(s, token) is None
 
@@ -172,4 +176,6 @@ async def test_wrong_password_and_rate_limit():
         with pytest.raises(auth.RateLimited):
             await auth.authenticate(s, "trader@example.com", "right-password", throttle, "7.7.7.7")
         clock[0] = 61.0
-        assert await auth.authenticate(s, "trader@example.com", "right-password", throttle, "7.7.7.7")
+        assert await auth.authenticate(
+            s, "trader@example.com", "right-password", throttle, "7.7.7.7"
+        )
