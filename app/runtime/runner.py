@@ -276,10 +276,13 @@ class Runner:
             for user_id in self.watchers.get(code, ()):
                 per_user.setdefault(user_id, {})[code] = view
         self._dirty.clear()
-        await asyncio.gather(
+        results = await asyncio.gather(
             *(self.ui.push_prices(uid, quotes) for uid, quotes in per_user.items()),
             return_exceptions=True,
         )
+        for uid, result in zip(per_user, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("price push to user %s failed: %r", uid, result)
         return len(per_user)
 
     def snapshot(self, codes: list[str]) -> dict[str, dict[str, str]]:

@@ -8,6 +8,7 @@ database does not hand out live sessions.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -114,7 +115,7 @@ async def create_local_user(
     user = User(
         email=normalize_email(email),
         display_name=display_name or email.split("@")[0],
-        password_hash=hash_password(password),
+        password_hash=await asyncio.to_thread(hash_password, password),
         language=language,
         role=role,
     )
@@ -141,7 +142,7 @@ async def authenticate(
         raise AuthFailed()
     throttle.succeeded(f"acct:{email_n}")
     if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
+        user.password_hash = await asyncio.to_thread(hash_password, password)
         session.add(user)
         await session.commit()
     return user
