@@ -13,6 +13,7 @@ def _row(row: rx.Var) -> rx.Component:
     return rx.flex(
         rx.text(row["time"], size="1", color="var(--gray-10)", font_variant_numeric="tabular-nums"),
         rx.text(row["title"], weight=rx.cond(row["read"] == "", "bold", "regular")),
+        rx.text(row["body"], size="2"),
         rx.text(row["deliveries"], size="1", color="var(--gray-11)"),
         direction="column",
         spacing="1",

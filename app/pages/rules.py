@@ -43,6 +43,8 @@ def _form() -> rx.Component:
                 rx.input(
                     name="symbol",
                     id="rule-symbol",
+                    # the watchlist's bell links here with ?symbol=CODE
+                    default_value=RulesState.router.url.query_parameters.get("symbol", ""),
                     placeholder=t("rules.symbol_placeholder"),
                     size="3",
                     auto_complete="off",

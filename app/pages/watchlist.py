@@ -55,6 +55,16 @@ def _row(row: rx.Var) -> rx.Component:
             direction="column",
             align="end",
         ),
+        rx.link(
+            rx.icon_button(
+                rx.icon("bell-plus", size=16),
+                variant="ghost",
+                aria_label=t("watchlist.set_alert"),
+                title=t("watchlist.set_alert"),
+            ),
+            href="/rules?symbol=" + row["code"].to(str),
+            id="alert-" + row["code"].to(str),
+        ),
         rx.icon_button(
             rx.icon("x", size=16),
             on_click=WatchlistState.remove(row["item_id"]),

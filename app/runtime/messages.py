@@ -12,6 +12,7 @@ from app.i18n import translate
 @dataclass(frozen=True, slots=True)
 class RenderedAlert:
     title: str
+    body: str
     text: str
     subject: str
     html: str
@@ -50,4 +51,4 @@ def render_alert(payload: dict[str, Any], lang: str, base_url: str = "") -> Rend
         f'<p style="color:#666;font-size:12px">{html.escape(footer)}</p></body></html>'
     )
     subject = translate("alert.email_subject", lang, **params)
-    return RenderedAlert(title=title, text=text, subject=subject, html=html_body)
+    return RenderedAlert(title=title, body=body, text=text, subject=subject, html=html_body)

@@ -195,8 +195,9 @@ class HistoryState(rx.State):
             out.append(
                 {
                     "id": str(r.event_id),
-                    "time": r.fired_at.astimezone(KST).strftime("%Y-%m-%d %H:%M:%S"),
+                    "time": r.fired_at.astimezone(KST).strftime("%Y-%m-%d %H:%M:%S KST"),
                     "title": rendered.title,
+                    "body": rendered.body,
                     "symbol": r.symbol,
                     "name": symbol_name(r.payload, lang),
                     "price": won(r.price),

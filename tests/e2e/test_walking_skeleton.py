@@ -113,8 +113,9 @@ async def test_tick_to_delivered_alert(running_app: RunningApp, browser: Browser
     # a crossing the market will make: the level is the price now on screen
     await page.goto(f"{base}/")
     level = await _price(page, "005930")
-    await page.goto(f"{base}/rules")
-    await page.fill("#rule-symbol", "삼성전자")
+    await page.click("#alert-005930")  # the row's bell opens the form for that symbol
+    await page.wait_for_url(re.compile(r"/rules/?\?symbol=005930"), timeout=30_000)
+    await expect(page.locator("#rule-symbol")).to_have_value("005930", timeout=15_000)
     await page.select_option("#rule-op", "cross")
     await page.fill("#rule-level", f"{level:,}")
     await page.click("#create-rule")
@@ -133,6 +134,7 @@ async def test_tick_to_delivered_alert(running_app: RunningApp, browser: Browser
     await expect(page.locator(".history-row")).to_have_count(1, timeout=30_000)
     row_text = await page.locator(".history-row").first.inner_text()
     assert "005930" in row_text and f"{level:,}" in row_text
+    assert "체결가" in row_text  # the traded price line, in the user's language
     await _shot(page, "history", 1280)
 
     # and the e-mail reached the SMTP server
