@@ -143,7 +143,13 @@ class Runner:
                     )
                 ).all()
         for rule, sym in rows:
-            self._apply_rule(rule, sym)
+            try:
+                self._apply_rule(rule, sym)
+            except ValueError:  # pydantic's ValidationError included
+                # One corrupt row must not stop every other rule from loading.
+                log.exception("rule %s has an invalid spec; skipped", rule.id)
+                self._applied[rule.id or 0] = rule.updated_at
+                self.book.remove(rule.id or 0)
             if self._watermark is None or rule.updated_at > self._watermark:
                 self._watermark = rule.updated_at
         if watch_rows is not None:

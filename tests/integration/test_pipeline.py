@@ -263,3 +263,21 @@ async def test_unreachable_smtp_is_retried_with_backoff_then_dead():
     assert "Connect" in email[0].last_error or "refused" in email[0].last_error.lower()
     in_app = [d for d in await _deliveries() if d.channel == "in_app"]
     assert [d.status for d in in_app] == ["sent"]
+
+
+async def test_a_corrupt_rule_is_skipped_and_the_others_still_fire(caplog):
+    await seed_symbols()
+    user = await make_user()
+    async with db.session() as s:
+        bad = AlertRule(
+            user_id=user.id, symbol="005930", spec={"kind": "price", "op": "sideways", "level": -1}
+        )
+        s.add(bad)
+        await s.commit()
+        await rules_service.create_price_rule(
+            s, user.id, symbol_query="005930", op="cross_up", level="70000"
+        )
+    await _run(ReplayMarket(ticks("005930", [69_900, 70_100]), SYMBOLS), settings(), None)
+    events = await _events()
+    assert [e.price for e in events] == [70_100]
+    assert any("invalid spec" in r.getMessage() for r in caplog.records)
