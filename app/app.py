@@ -11,7 +11,7 @@ import reflex as rx
 from fastapi import FastAPI
 
 from app import db
-from app.api import auth_routes, health
+from app.api import auth_routes, health, oauth_routes
 from app.config import Settings, get_settings
 from app.logging_setup import configure_logging
 from app.pages.history import history_page
@@ -78,6 +78,7 @@ async def runner_lifespan(app: rx.App) -> AsyncIterator[None]:
 
 api = FastAPI(title="Tickwatch API", docs_url=None, redoc_url=None, openapi_url=None)
 api.include_router(auth_routes.router)
+api.include_router(oauth_routes.router)
 api.include_router(health.router)
 
 app = rx.App(

@@ -1,0 +1,1 @@
+"""Provider identities linked to users (filled in by the OAuth work)."""
