@@ -31,7 +31,7 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def migrate(url: str | None = None) -> None:
-    command.upgrade(alembic_config(url), "head")
+    command.upgrade(alembic_config(url), "heads")
 
 
 def _demo_password_file() -> Path:

@@ -57,6 +57,33 @@ class Settings(BaseSettings):
     demo_email: str = "demo@example.com"
     demo_password: str = ""
 
+    # Credential vault. Keys: "kid:base64key,kid2:base64key" (32-byte keys) or a JSON
+    # file {"active": "kid", "keys": {"kid": "base64key"}}. The demo generates a file.
+    vault_keys: str = ""
+    vault_active_key: str = ""
+    vault_keys_file: str = ""
+
+    # Sign-in
+    local_login_enabled: bool = True
+    oauth_flow_ttl_seconds: int = Field(default=600, ge=60)
+    google_client_id: str = ""
+    google_client_secret: str = ""
+    google_discovery_url: str = "https://accounts.google.com/.well-known/openid-configuration"
+    kakao_client_id: str = ""
+    kakao_client_secret: str = ""
+    kakao_discovery_url: str = "https://kauth.kakao.com/.well-known/openid-configuration"
+    naver_client_id: str = ""
+    naver_client_secret: str = ""
+    naver_authorize_url: str = "https://nid.naver.com/oauth2.0/authorize"
+    naver_token_url: str = "https://nid.naver.com/oauth2.0/token"
+    naver_profile_url: str = "https://openapi.naver.com/v1/nid/me"
+    apple_client_id: str = ""
+    apple_team_id: str = ""
+    apple_key_id: str = ""
+    apple_private_key: str = ""
+    apple_private_key_file: str = ""
+    apple_discovery_url: str = "https://appleid.apple.com/.well-known/openid-configuration"
+
     log_level: str = "INFO"
     log_json: bool = False
 

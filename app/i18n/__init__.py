@@ -18,8 +18,16 @@ _DIR = Path(__file__).resolve().parent
 
 @cache
 def catalog(lang: str) -> dict[str, str]:
-    with (_DIR / f"{lang}.json").open(encoding="utf-8") as fh:
-        return json.load(fh)
+    """``{lang}.json`` plus every ``{lang}.<feature>.json``; a key defined twice is a bug."""
+    merged: dict[str, str] = {}
+    for path in [_DIR / f"{lang}.json", *sorted(_DIR.glob(f"{lang}.*.json"))]:
+        with path.open(encoding="utf-8") as fh:
+            part = json.load(fh)
+        clash = set(part) & set(merged)
+        if clash:
+            raise ValueError(f"{path.name} redefines {sorted(clash)}")
+        merged.update(part)
+    return merged
 
 
 def normalize_language(value: str | None, default: str = DEFAULT_LANGUAGE) -> str:
