@@ -12,17 +12,22 @@ from fastapi import FastAPI
 
 from app import db
 from app.api import auth_routes, health, oauth_routes
+from app.api.security import SecurityHeaders
 from app.config import Settings, get_settings
 from app.logging_setup import configure_logging
+from app.pages.admin import admin_audit_page, admin_status_page, admin_users_page
 from app.pages.history import history_page
 from app.pages.login import login_page
 from app.pages.rules import rules_page
+from app.pages.settings import settings_page
 from app.pages.watchlist import watchlist_page
 from app.runtime.runner import Runner, set_current_runner
 from app.services import symbols as symbols_service
+from app.states.admin import AdminState
 from app.states.live import LiveState, ReflexUiSink
 from app.states.pages import HistoryState, RulesState
 from app.states.session import SessionState
+from app.states.settings import SettingsState
 from brokers.paper.market import SimulatedMarket
 from notifiers.email import EmailNotifier, SmtpConfig
 
@@ -82,7 +87,8 @@ api.include_router(oauth_routes.router)
 api.include_router(health.router)
 
 app = rx.App(
-    api_transformer=api,
+    # Mount our routes first, then wrap everything (frontend too) in security headers.
+    api_transformer=[api, SecurityHeaders],
     head_components=[
         rx.el.meta(name="viewport", content="width=device-width, initial-scale=1"),
         rx.el.link(rel="manifest", href="/manifest.json"),
@@ -97,4 +103,25 @@ app.add_page(watchlist_page, route="/", title="Tickwatch", on_load=_private)
 app.add_page(rules_page, route="/rules", title="Tickwatch", on_load=[*_private, RulesState.load])
 app.add_page(
     history_page, route="/alerts", title="Tickwatch", on_load=[*_private, HistoryState.load]
+)
+app.add_page(
+    settings_page, route="/settings", title="Tickwatch", on_load=[*_private, SettingsState.load]
+)
+app.add_page(
+    admin_users_page,
+    route="/admin/users",
+    title="Tickwatch",
+    on_load=[*_private, AdminState.load_users],
+)
+app.add_page(
+    admin_audit_page,
+    route="/admin/audit",
+    title="Tickwatch",
+    on_load=[*_private, AdminState.load_audit],
+)
+app.add_page(
+    admin_status_page,
+    route="/admin/status",
+    title="Tickwatch",
+    on_load=[*_private, AdminState.load_status],
 )

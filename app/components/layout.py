@@ -64,6 +64,8 @@ def navbar() -> rx.Component:
                 weight="medium",
                 white_space="nowrap",
             ),
+            _nav_link("nav.settings", "/settings"),
+            rx.cond(SessionState.is_admin, _nav_link("nav.admin", "/admin/users")),
             spacing="4",
             wrap="wrap",
             align="center",

@@ -35,3 +35,10 @@ class ValidationFailed(ServiceError):
     @classmethod
     def single(cls, field: str, code: str, **params: object) -> ValidationFailed:
         return cls({field: (code, params)})
+
+
+class PermissionDenied(ServiceError):
+    """The user is signed in but their role does not allow this."""
+
+    def __init__(self) -> None:
+        super().__init__("forbidden")

@@ -11,7 +11,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.models.common import utcnow
 from app.models.market import Symbol
 from app.models.rules import RULE_ACTIVE, RULE_DELETED, AlertRule
-from app.services import changes, symbols
+from app.services import audit, changes, symbols
 from app.services.errors import NotFound, ValidationFailed
 from engines.rules.spec import PriceOp, PriceRuleSpec, RuleSpecError, parse_level
 
@@ -122,10 +122,11 @@ async def list_rows(session: AsyncSession, user_id: int) -> list[RuleRow]:
     return out
 
 
-async def delete_rule(session: AsyncSession, user_id: int, rule_id: int) -> None:
+async def delete_rule(session: AsyncSession, user_id: int, rule_id: int, ip: str = "") -> None:
     """Soft delete: history keeps pointing at the rule, and the runner sees the change."""
     rule = await session.get(AlertRule, rule_id)
     if rule is None or rule.user_id != user_id or rule.status == RULE_DELETED:
+        await audit.denied(user_id, "alert_rule", rule_id, ip)
         raise NotFound()
     rule.status = RULE_DELETED
     rule.updated_at = utcnow()

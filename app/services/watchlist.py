@@ -10,7 +10,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models.market import Symbol
 from app.models.watchlists import Watchlist, WatchlistItem
-from app.services import changes, symbols
+from app.services import audit, changes, symbols
 from app.services.errors import NotFound, ValidationFailed
 
 MAX_ITEMS = 100
@@ -83,8 +83,8 @@ async def add(session: AsyncSession, user_id: int, query: str) -> Symbol:
     return sym
 
 
-async def remove(session: AsyncSession, user_id: int, item_id: int) -> str:
-    """Remove one item; another user's item id is reported as not found."""
+async def remove(session: AsyncSession, user_id: int, item_id: int, ip: str = "") -> str:
+    """Remove one item; another user's item id is reported as not found, and audited."""
     stmt = (
         select(WatchlistItem)
         .join(Watchlist, col(Watchlist.id) == col(WatchlistItem.watchlist_id))
@@ -92,6 +92,7 @@ async def remove(session: AsyncSession, user_id: int, item_id: int) -> str:
     )
     item = (await session.exec(stmt)).first()
     if item is None:
+        await audit.denied(user_id, "watchlist_item", item_id, ip)
         raise NotFound()
     code = item.symbol
     await session.delete(item)

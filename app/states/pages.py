@@ -86,7 +86,7 @@ class WatchlistState(rx.State):
             return rx.redirect("/login")
         try:
             async with db.session() as s:
-                code = await watchlist_service.remove(s, user.id, int(item_id))
+                code = await watchlist_service.remove(s, user.id, int(item_id), session._ip())
         except (ServiceError, ValueError) as exc:
             code_ = exc.code if isinstance(exc, ServiceError) else "not_found"
             self.error = _error_text(session, code_, {})
@@ -169,7 +169,7 @@ class RulesState(rx.State):
             return rx.redirect("/login")
         try:
             async with db.session() as s:
-                await rules_service.delete_rule(s, user.id, int(rule_id))
+                await rules_service.delete_rule(s, user.id, int(rule_id), session._ip())
         except (ServiceError, ValueError):
             self.notice = _error_text(session, "not_found", {})
             return RulesState.load

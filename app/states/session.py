@@ -33,6 +33,7 @@ class SessionState(rx.State):
     lang: str = rx.Cookie("", name=LANG_COOKIE, same_site="lax", max_age=365 * 86400)
     user_name: str = ""
     user_email: str = ""
+    is_admin: bool = False
 
     @rx.var
     def ui_lang(self) -> str:
@@ -44,10 +45,15 @@ class SessionState(rx.State):
     def tr(self) -> dict[str, str]:
         return catalog(self.ui_lang)
 
+    def _session_token(self) -> str | None:
+        return cookie_value(self.router.headers.cookie, auth.SESSION_COOKIE)
+
+    def _ip(self) -> str:
+        return self.router.session.client_ip or ""
+
     async def _user(self) -> User | None:
-        token = cookie_value(self.router.headers.cookie, auth.SESSION_COOKIE)
         async with db.session() as s:
-            return await auth.resolve_session(s, token)
+            return await auth.resolve_session(s, self._session_token())
 
     @rx.event
     async def guard(self) -> rx.event.EventSpec | None:
@@ -56,9 +62,12 @@ class SessionState(rx.State):
         if user is None:
             self.user_name = ""
             self.user_email = ""
+            self.is_admin = False
             return rx.redirect("/login")
         self.user_name = user.display_name
         self.user_email = user.email
+        # Only decides whether the admin link shows; every admin action re-checks the role.
+        self.is_admin = user.role == "admin"
         if not self.lang:
             self.lang = normalize_language(user.language)
         return None

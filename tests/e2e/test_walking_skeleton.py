@@ -60,6 +60,18 @@ async def test_tick_to_delivered_alert(running_app: RunningApp, browser: Browser
     base = running_app.base_url
     ctx = await browser.new_context(viewport={"width": 1280, "height": 900}, locale="ko-KR")
     page = await ctx.new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    first_response = await page.goto(f"{base}/login")
+    headers = await first_response.all_headers()
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert (
+        "'unsafe-inline'"
+        not in headers["content-security-policy"].split("script-src")[1].split(";")[0]
+    )
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["referrer-policy"] == "strict-origin-when-cross-origin"
+    assert headers["x-content-type-options"] == "nosniff"
 
     # a wrong password is refused with a message, and no cookie is set
     await _sign_in(page, base, password="wrong-password")
@@ -150,6 +162,9 @@ async def test_tick_to_delivered_alert(running_app: RunningApp, browser: Browser
     # delivery log on the history page says both channels were sent
     await page.reload()
     await expect(page.locator(".history-row").first).to_contain_text("전송됨", timeout=30_000)
+
+    # the strict CSP broke nothing the user did above
+    assert not [e for e in console_errors if "Content Security Policy" in e], console_errors
 
     # language switch
     await page.click("#lang-toggle")

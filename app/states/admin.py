@@ -1,0 +1,157 @@
+"""Admin pages. The role is checked by the admin service on every call, not here."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import reflex as rx
+
+from app import db
+from app.models.users import User
+from app.services import admin as admin_service
+from app.services import audit
+from app.services.errors import PermissionDenied, ServiceError, ValidationFailed
+from app.states.session import SessionState
+
+KST = ZoneInfo("Asia/Seoul")
+
+
+class AdminState(rx.State):
+    users: list[dict[str, str]] = []
+    entries: list[dict[str, str]] = []
+    status: dict[str, str] = {}
+    error: str = ""
+    filter_action: str = ""
+    filter_outcome: str = ""
+    filter_actor: str = ""
+    filter_days: str = "7"
+
+    async def _admin(self) -> tuple[SessionState, User | None]:
+        session = await self.get_state(SessionState)
+        return session, await session._user()
+
+    def _fail(self, session: SessionState, exc: ServiceError) -> rx.event.EventSpec | None:
+        if isinstance(exc, PermissionDenied):
+            return rx.redirect("/")
+        if isinstance(exc, ValidationFailed):
+            code = next(iter(exc.field_errors.values()))[0]
+            self.error = session._t(f"error.{code}")
+        else:
+            self.error = session._t(f"error.{exc.code}")
+        return None
+
+    @rx.event
+    async def load_users(self) -> rx.event.EventSpec | None:
+        session, user = await self._admin()
+        if user is None:
+            return rx.redirect("/login")
+        try:
+            async with db.session() as s:
+                rows = await admin_service.list_users(s, user)
+        except ServiceError as exc:
+            return self._fail(session, exc)
+        self.users = [
+            {
+                "id": str(r.id),
+                "email": r.email,
+                "name": r.display_name,
+                "role": r.role,
+                "active": "1" if r.is_active else "",
+                "created": r.created_at.astimezone(KST).strftime("%Y-%m-%d"),
+                "self": "1" if r.id == user.id else "",
+            }
+            for r in rows
+        ]
+        return None
+
+    @rx.event
+    async def set_role(self, user_id: str, role: str) -> rx.event.EventSpec | None:
+        session, user = await self._admin()
+        if user is None:
+            return rx.redirect("/login")
+        try:
+            async with db.session() as s:
+                await admin_service.set_role(s, user, int(user_id), role, session._ip())
+        except ServiceError as exc:
+            return self._fail(session, exc)
+        self.error = ""
+        return AdminState.load_users
+
+    @rx.event
+    async def set_active(self, user_id: str, active: bool) -> rx.event.EventSpec | None:
+        session, user = await self._admin()
+        if user is None:
+            return rx.redirect("/login")
+        try:
+            async with db.session() as s:
+                await admin_service.set_active(s, user, int(user_id), active, session._ip())
+        except ServiceError as exc:
+            return self._fail(session, exc)
+        self.error = ""
+        return AdminState.load_users
+
+    @rx.event
+    async def filter_audit(self, form: dict) -> rx.event.EventSpec | None:
+        self.filter_action = str(form.get("action", "")).strip()[:64]
+        self.filter_outcome = str(form.get("outcome", ""))
+        self.filter_actor = str(form.get("actor", "")).strip()
+        self.filter_days = str(form.get("days", "7"))
+        return AdminState.load_audit
+
+    @rx.event
+    async def load_audit(self) -> rx.event.EventSpec | None:
+        session, user = await self._admin()
+        if user is None:
+            return rx.redirect("/login")
+        actor_id = int(self.filter_actor) if self.filter_actor.isdigit() else None
+        days = int(self.filter_days) if self.filter_days.isdigit() else 7
+        outcome = self.filter_outcome if self.filter_outcome in {"ok", "denied", "failed"} else ""
+        flt = audit.AuditFilter(
+            action=self.filter_action,
+            actor_id=actor_id,
+            outcome=outcome,
+            since=datetime.now(KST) - timedelta(days=max(1, min(days, 365))),
+        )
+        try:
+            rows = await admin_service.audit_log(user, flt)
+        except ServiceError as exc:
+            return self._fail(session, exc)
+        self.entries = [
+            {
+                "at": e.at.astimezone(KST).strftime("%Y-%m-%d %H:%M:%S"),
+                "actor": str(e.actor_id or "—"),
+                "action": e.action,
+                "target": f"{e.target_type}:{e.target_id}" if e.target_type else "",
+                "outcome": e.outcome,
+                "ip": e.ip,
+            }
+            for e in rows
+        ]
+        return None
+
+    @rx.event
+    async def load_status(self) -> rx.event.EventSpec | None:
+        from app.runtime.runner import current_runner
+
+        session, user = await self._admin()
+        if user is None:
+            return rx.redirect("/login")
+        try:
+            async with db.session() as s:
+                st = await admin_service.system_status(s, user)
+        except ServiceError as exc:
+            return self._fail(session, exc)
+        runner = current_runner()
+        self.status = {
+            "users": str(st.users),
+            "active_sessions": str(st.active_sessions),
+            "active_rules": str(st.active_rules),
+            "events_today": str(st.events_today),
+            "deliveries_pending": str(st.deliveries_pending),
+            "deliveries_dead": str(st.deliveries_dead),
+            "runner": "on" if runner else "off",
+            "subscribed": str(len(runner.subscribed)) if runner else "0",
+            "ticks_seen": str(runner.ticks_seen) if runner else "0",
+        }
+        return None

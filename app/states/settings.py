@@ -1,0 +1,61 @@
+"""Settings: the user's own active sessions."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import reflex as rx
+
+from app import db
+from app.services import sessions as sessions_service
+from app.services.errors import ServiceError
+from app.states.session import SessionState
+
+KST = ZoneInfo("Asia/Seoul")
+
+
+def _when(value: object) -> str:
+    return value.astimezone(KST).strftime("%Y-%m-%d %H:%M")  # type: ignore[attr-defined]
+
+
+class SettingsState(rx.State):
+    sessions: list[dict[str, str]] = []
+    error: str = ""
+
+    @rx.event
+    async def load(self) -> rx.event.EventSpec | None:
+        session = await self.get_state(SessionState)
+        user = await session._user()
+        if user is None or user.id is None:
+            return rx.redirect("/login")
+        async with db.session() as s:
+            rows = await sessions_service.list_active(s, user.id, session._session_token())
+        self.sessions = [
+            {
+                "id": str(r.id),
+                "created": _when(r.created_at),
+                "last_used": _when(r.last_used_at),
+                "agent": r.user_agent[:120],
+                "ip": r.ip,
+                "current": "1" if r.current else "",
+            }
+            for r in rows
+        ]
+        return None
+
+    @rx.event
+    async def revoke(self, session_id: str) -> rx.event.EventSpec | None:
+        session = await self.get_state(SessionState)
+        user = await session._user()
+        if user is None or user.id is None:
+            return rx.redirect("/login")
+        try:
+            async with db.session() as s:
+                await sessions_service.revoke(s, user.id, int(session_id), session._ip())
+        except (ServiceError, ValueError):
+            self.error = session._t("error.not_found")
+            return SettingsState.load
+        self.error = ""
+        if await session._user() is None:  # revoked the session of this very browser
+            return rx.redirect("/login")
+        return SettingsState.load
