@@ -24,10 +24,10 @@ from app.services.errors import NotFound, PermissionDenied, ValidationFailed
 ROLES = ("user", "admin")
 
 
-async def require_admin(actor: User, what: str) -> None:
+async def require_admin(actor: User, what: str, ip: str = "") -> None:
     """Refuses, and audits the refusal, unless ``actor`` is an active admin."""
     if actor.role != "admin" or not actor.is_active:
-        await audit.denied(actor.id, "admin", what)
+        await audit.denied(actor.id, "admin", what, ip)
         raise PermissionDenied()
 
 
@@ -41,8 +41,10 @@ class UserRow:
     created_at: datetime
 
 
-async def list_users(session: AsyncSession, actor: User, query: str = "") -> list[UserRow]:
-    await require_admin(actor, "users")
+async def list_users(
+    session: AsyncSession, actor: User, query: str = "", ip: str = ""
+) -> list[UserRow]:
+    await require_admin(actor, "users", ip)
     stmt = select(User).order_by(col(User.id))
     if query.strip():
         stmt = stmt.where(col(User.email).contains(query.strip().lower(), autoescape=True))
@@ -64,7 +66,7 @@ async def _other_active_admins(session: AsyncSession, user_id: int) -> int:
 async def set_role(
     session: AsyncSession, actor: User, user_id: int, role: str, ip: str = ""
 ) -> None:
-    await require_admin(actor, "set_role")
+    await require_admin(actor, "set_role", ip)
     if role not in ROLES:
         raise ValidationFailed.single("role", "bad_role")
     target = await session.get(User, user_id)
@@ -92,7 +94,7 @@ async def set_active(
     session: AsyncSession, actor: User, user_id: int, active: bool, ip: str = ""
 ) -> None:
     """Disabling also revokes every session, so the user is out at their next event."""
-    await require_admin(actor, "set_active")
+    await require_admin(actor, "set_active", ip)
     target = await session.get(User, user_id)
     if target is None:
         raise NotFound()
@@ -120,8 +122,10 @@ async def set_active(
     )
 
 
-async def audit_log(actor: User, flt: audit.AuditFilter, limit: int = 200) -> list[AuditEntry]:
-    await require_admin(actor, "audit_log")
+async def audit_log(
+    actor: User, flt: audit.AuditFilter, limit: int = 200, ip: str = ""
+) -> list[AuditEntry]:
+    await require_admin(actor, "audit_log", ip)
     return await audit.search(flt, limit=limit)
 
 
@@ -135,8 +139,8 @@ class SystemStatus:
     deliveries_dead: int
 
 
-async def system_status(session: AsyncSession, actor: User) -> SystemStatus:
-    await require_admin(actor, "status")
+async def system_status(session: AsyncSession, actor: User, ip: str = "") -> SystemStatus:
+    await require_admin(actor, "status", ip)
     now = utcnow()
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
 

@@ -48,7 +48,7 @@ class AdminState(rx.State):
             return rx.redirect("/login")
         try:
             async with db.session() as s:
-                rows = await admin_service.list_users(s, user)
+                rows = await admin_service.list_users(s, user, ip=session._ip())
         except ServiceError as exc:
             return self._fail(session, exc)
         self.users = [
@@ -114,7 +114,7 @@ class AdminState(rx.State):
             since=datetime.now(KST) - timedelta(days=max(1, min(days, 365))),
         )
         try:
-            rows = await admin_service.audit_log(user, flt)
+            rows = await admin_service.audit_log(user, flt, ip=session._ip())
         except ServiceError as exc:
             return self._fail(session, exc)
         self.entries = [
@@ -139,7 +139,7 @@ class AdminState(rx.State):
             return rx.redirect("/login")
         try:
             async with db.session() as s:
-                st = await admin_service.system_status(s, user)
+                st = await admin_service.system_status(s, user, ip=session._ip())
         except ServiceError as exc:
             return self._fail(session, exc)
         runner = current_runner()

@@ -1,0 +1,264 @@
+"""User B tries every state event handler and every route on user A's objects.
+
+The test enumerates the app's state classes, their event handlers and the API
+routes. Each must appear in a table below, either with an attack on A's objects
+or with the reason it touches only the caller's own data. A new handler or route
+that is in neither table fails the test, so it cannot ship unchecked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+import reflex as rx
+from reflex.istate.data import RouterData
+from reflex.state import State
+from sqlmodel import select
+
+import app.app as app_module
+from app import db
+from app.models.rules import AlertRule
+from app.models.users import User, UserSession
+from app.models.watchlists import WatchlistItem
+from app.services import audit, auth
+from app.services import rules as rules_service
+from app.services import watchlist as watchlist_service
+from app.states.admin import AdminState
+from app.states.live import LiveState
+from app.states.pages import HistoryState, RulesState, WatchlistState
+from app.states.settings import SettingsState
+from tests.integration.helpers import make_user, seed_symbols
+
+pytestmark = pytest.mark.usefixtures("database")
+
+Objects = dict[str, Any]
+Attack = Callable[[State, Objects], Awaitable[None]]
+
+
+def _app_states() -> set[type[rx.State]]:
+    found: set[type[rx.State]] = set()
+    todo = [rx.State]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            todo.append(sub)
+            if sub.__module__.startswith("app."):
+                found.add(sub)
+    return found
+
+
+async def _call(root: State, cls: type[rx.State], handler: str, *args: object) -> object:
+    state = await root.get_state(cls)
+    return await cls.event_handlers[handler].fn(state, *args)
+
+
+# --- attacks: B acts on A's object ids ------------------------------------------
+
+
+async def watch_remove(root: State, a: Objects) -> None:
+    await _call(root, WatchlistState, "remove", str(a["item_id"]))
+    state = await root.get_state(WatchlistState)
+    assert state.error  # refused, with a message
+
+
+async def rules_delete(root: State, a: Objects) -> None:
+    await _call(root, RulesState, "delete", str(a["rule_id"]))
+
+
+async def sessions_revoke(root: State, a: Objects) -> None:
+    await _call(root, SettingsState, "revoke", str(a["session_id"]))
+    assert (await root.get_state(SettingsState)).error
+
+
+async def admin_set_role(root: State, a: Objects) -> None:
+    await _call(root, AdminState, "set_role", str(a["user_id"]), "user")
+
+
+async def admin_set_active(root: State, a: Objects) -> None:
+    await _call(root, AdminState, "set_active", str(a["user_id"]), False)
+
+
+async def admin_load_users(root: State, a: Objects) -> None:
+    await _call(root, AdminState, "load_users")
+    assert (await root.get_state(AdminState)).users == []
+
+
+async def admin_load_audit(root: State, a: Objects) -> None:
+    await _call(root, AdminState, "load_audit")
+    assert (await root.get_state(AdminState)).entries == []
+
+
+async def admin_load_status(root: State, a: Objects) -> None:
+    await _call(root, AdminState, "load_status")
+    assert (await root.get_state(AdminState)).status == {}
+
+
+ATTACKS: dict[tuple[str, str], Attack] = {
+    ("WatchlistState", "remove"): watch_remove,
+    ("RulesState", "delete"): rules_delete,
+    ("SettingsState", "revoke"): sessions_revoke,
+    ("AdminState", "set_role"): admin_set_role,
+    ("AdminState", "set_active"): admin_set_active,
+    ("AdminState", "load_users"): admin_load_users,
+    ("AdminState", "load_audit"): admin_load_audit,
+    ("AdminState", "load_status"): admin_load_status,
+}
+
+# --- handlers that take no object id: they act on the caller's own data ----------
+OWN_DATA_ONLY: dict[tuple[str, str], str] = {
+    ("SessionState", "guard"): "resolves the caller from the cookie",
+    ("SessionState", "toggle_language"): "updates the caller's own language",
+    ("WatchlistState", "set_query"): "symbol search: public master data",
+    ("WatchlistState", "add"): "adds to the caller's own list (user from cookie)",
+    ("WatchlistState", "pick"): "adds to the caller's own list (user from cookie)",
+    ("WatchlistState", "submit"): "adds to the caller's own list (user from cookie)",
+    ("RulesState", "load"): "lists the caller's rules (checked below)",
+    ("RulesState", "create"): "creates a rule for the caller",
+    ("HistoryState", "load"): "lists the caller's alerts (checked below)",
+    ("HistoryState", "mark_all_read"): "marks the caller's own alerts",
+    ("SettingsState", "load"): "lists the caller's sessions (checked below)",
+    ("LiveState", "connect"): "links to the caller's own token (checked below)",
+    ("LiveState", "dismiss_toast"): "edits the caller's own linked state",
+    ("AdminState", "filter_audit"): "stores filter text; load_audit re-checks the role",
+}
+# Reflex's own handler: sets a var of the calling client only. Identity is never read
+# from state vars (always from the cookie), so whatever a client sets proves nothing.
+FRAMEWORK = {"setvar"}
+
+# --- routes ---------------------------------------------------------------------
+PUBLIC_ROUTES = {
+    ("/auth/login", "POST"): "sign-in form",
+    ("/auth/logout", "POST"): "revokes only the session in the request's own cookie",
+    ("/api/health", "GET"): "no user data",
+}
+
+
+def _api_routes() -> set[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    for route in app_module.api.routes:
+        for method in getattr(route, "methods", None) or ():
+            if method not in {"HEAD", "OPTIONS"}:
+                out.add((route.path, method))
+    return out
+
+
+def test_every_handler_and_route_is_covered():
+    handlers = {
+        (cls.__name__, name)
+        for cls in _app_states()
+        for name in cls.event_handlers
+        if name not in FRAMEWORK
+    }
+    missing = handlers - set(ATTACKS) - set(OWN_DATA_ONLY)
+    assert not missing, f"handlers without an isolation check: {sorted(missing)}"
+    stale = (set(ATTACKS) | set(OWN_DATA_ONLY)) - handlers
+    assert not stale, f"checks for handlers that no longer exist: {sorted(stale)}"
+    routes = _api_routes()
+    unchecked = routes - set(PUBLIC_ROUTES) - set(ROUTE_ATTACKS)
+    assert not unchecked, f"routes without an isolation check: {sorted(unchecked)}"
+
+
+async def _setup() -> tuple[Objects, User, str]:
+    await seed_symbols()
+    a = await make_user("alice@example.com")
+    b = await make_user("bob@example.com")
+    async with db.session() as s:
+        a_row = await s.get(User, a.id)
+        a_row.role = "admin"  # B must not be able to touch even the admin
+        s.add(a_row)
+        await s.commit()
+        await watchlist_service.add(s, a.id, "005930")
+        rule = await rules_service.create_price_rule(
+            s, a.id, symbol_query="005930", op="above", level="70000"
+        )
+        a_token = await auth.create_session(s, a, timedelta(hours=1), "A-browser", "1.1.1.1")
+        b_token = await auth.create_session(s, b, timedelta(hours=1), "B-browser", "2.2.2.2")
+        item = (await s.exec(select(WatchlistItem))).one()
+        a_session = (await s.exec(select(UserSession).where(UserSession.user_id == a.id))).one()
+    objects = {
+        "user_id": a.id,
+        "item_id": item.id,
+        "rule_id": rule.id,
+        "session_id": a_session.id,
+        "a_token": a_token,
+    }
+    return objects, b, b_token
+
+
+def _root_for(token: str) -> State:
+    root = State(_reflex_internal_init=True)
+    root.router = RouterData.from_router_data(
+        {"headers": {"cookie": f"tw_session={token}"}, "ip": "6.6.6.6", "token": "client-b"}
+    )
+    return root
+
+
+async def _a_is_untouched(objects: Objects) -> None:
+    async with db.session() as s:
+        a = await s.get(User, objects["user_id"])
+        assert a.role == "admin" and a.is_active
+        assert await s.get(WatchlistItem, objects["item_id"]) is not None
+        assert (await s.get(AlertRule, objects["rule_id"])).status == "active"
+        assert (await auth.resolve_session(s, objects["a_token"])).id == a.id
+
+
+async def test_user_b_is_refused_on_every_handler_and_each_refusal_is_audited():
+    objects, b, b_token = await _setup()
+    root = _root_for(b_token)
+    for (cls_name, handler), attack in sorted(ATTACKS.items()):
+        before = len(await audit.search(audit.AuditFilter(outcome="denied", actor_id=b.id)))
+        await attack(root, objects)
+        after = await audit.search(audit.AuditFilter(outcome="denied", actor_id=b.id))
+        assert len(after) == before + 1, f"{cls_name}.{handler}: refusal not audited"
+        assert after[0].ip == "6.6.6.6"
+    await _a_is_untouched(objects)
+
+    # handlers without ids show B only B's own data
+    await _call(root, RulesState, "load")
+    assert (await root.get_state(RulesState)).rows == []
+    await _call(root, HistoryState, "load")
+    assert (await root.get_state(HistoryState)).rows == []
+    await _call(root, SettingsState, "load")
+    agents = [r["agent"] for r in (await root.get_state(SettingsState)).sessions]
+    assert agents == ["B-browser"]
+    live = await root.get_state(LiveState)
+    await live._refresh(b.id)
+    assert live.watch_rows == []
+
+
+async def test_a_forged_or_missing_cookie_gets_nothing():
+    objects, _, _ = await _setup()
+    for token in ("", "forged-token", objects["a_token"] + "x"):
+        root = _root_for(token)
+        result = await _call(root, WatchlistState, "remove", str(objects["item_id"]))
+        assert result is not None  # a redirect to /login
+        await _call(root, RulesState, "load")
+        assert (await root.get_state(RulesState)).rows == []
+    await _a_is_untouched(objects)
+
+
+async def logout_with_b_cookie(client: httpx.AsyncClient, objects: Objects, b_token: str) -> None:
+    client.cookies.set("tw_session", b_token)
+    await client.post("/auth/logout")
+    client.cookies.clear()
+
+
+ROUTE_ATTACKS: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {}
+
+
+async def test_routes_do_not_reach_other_users():
+    objects, _, b_token = await _setup()
+    transport = httpx.ASGITransport(app=app_module.api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        await logout_with_b_cookie(client, objects, b_token)
+        for attack in ROUTE_ATTACKS.values():
+            await attack(client, objects, b_token)
+        health = (await client.get("/api/health")).json()
+        assert "alice@example.com" not in str(health)
+    await _a_is_untouched(objects)
+    async with db.session() as s:
+        assert await auth.resolve_session(s, b_token) is None  # B's own logout worked
