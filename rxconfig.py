@@ -1,5 +1,7 @@
 """Reflex config. Every setting comes from the environment (see .env.example)."""
 
+import os
+
 import reflex as rx
 from reflex.plugins.sitemap import SitemapPlugin
 
@@ -13,4 +15,7 @@ config = rx.Config(
     cors_allowed_origins=[get_settings().app_base_url.rstrip("/")],
     plugins=[rx.plugins.RadixThemesPlugin(theme=rx.theme(accent_color="indigo", radius="medium"))],
     disable_plugins=[SitemapPlugin],
+    # Reflex pickles each tab's state, router headers included, and those headers carry
+    # the session cookie. Without Redis keep it in memory, never in .states/ on disk.
+    state_manager_mode="redis" if os.environ.get("REFLEX_REDIS_URL") else "memory",
 )

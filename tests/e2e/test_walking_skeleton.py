@@ -201,6 +201,10 @@ async def test_phone_width_and_sign_out(running_app: RunningApp, browser: Browse
     await page.goto(f"{base}/")
     await expect(page.locator(".watch-row").first).to_be_visible(timeout=30_000)
     old = [c for c in await ctx.cookies() if c["name"] == "tw_session"][0]
+    # the session token is never pickled to disk with Reflex's state
+    states_dir = ARTIFACTS.parents[2] / ".states"
+    pickled = list(states_dir.glob("*")) if states_dir.is_dir() else []
+    assert not [p for p in pickled if old["value"].encode() in p.read_bytes()]
     await page.get_by_role("button", name="로그아웃").click()
     await page.wait_for_url(re.compile(r"/login/?\?signed_out=1"), timeout=30_000)
     await ctx.add_cookies([old])
