@@ -49,6 +49,8 @@ def _run(connection: object, url: str) -> None:
         target_metadata=target_metadata,
         render_as_batch=is_sqlite(url),
         compare_type=True,
+        # secrets live in schema "vault" on PostgreSQL; SQLite has no schemas
+        include_schemas=not is_sqlite(url),
     )
     with context.begin_transaction():
         context.run_migrations()

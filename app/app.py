@@ -16,6 +16,7 @@ from app.api.security import SecurityHeaders
 from app.config import Settings, get_settings
 from app.logging_setup import configure_logging
 from app.pages.admin import admin_audit_page, admin_status_page, admin_users_page
+from app.pages.brokers import brokers_page
 from app.pages.history import history_page
 from app.pages.login import login_page
 from app.pages.rules import rules_page
@@ -24,10 +25,12 @@ from app.pages.watchlist import watchlist_page
 from app.runtime.runner import Runner, set_current_runner
 from app.services import symbols as symbols_service
 from app.states.admin import AdminState
+from app.states.brokers import BrokersState
 from app.states.live import LiveState, ReflexUiSink
 from app.states.pages import HistoryState, RulesState
 from app.states.session import SessionState
 from app.states.settings import SettingsState
+from app.vault_keys import get_key_ring
 from brokers.paper.market import SimulatedMarket
 from notifiers.email import EmailNotifier, SmtpConfig
 
@@ -56,6 +59,7 @@ def build_notifiers(settings: Settings) -> dict:
 async def runner_lifespan(app: rx.App) -> AsyncIterator[None]:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    get_key_ring()  # a bad vault key configuration stops start-up, not a later save
     if not settings.runner_enabled:
         yield
         return
@@ -106,6 +110,12 @@ app.add_page(
 )
 app.add_page(
     settings_page, route="/settings", title="Tickwatch", on_load=[*_private, SettingsState.load]
+)
+app.add_page(
+    brokers_page,
+    route="/settings/brokers",
+    title="Tickwatch",
+    on_load=[*_private, BrokersState.load],
 )
 app.add_page(
     admin_users_page,

@@ -1,4 +1,4 @@
-"""Operator commands: ``python -m app.cli migrate|seed-demo``."""
+"""Operator commands: ``python -m app.cli migrate|seed-demo|rotate-keys``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from alembic import command
 from app import db
 from app.config import PROJECT_ROOT, get_settings
 from app.logging_setup import configure_logging
-from app.services import auth, symbols, watchlist
+from app.models.audit import OUTCOME_FAILED, OUTCOME_OK
+from app.services import audit, auth, symbols, vault, watchlist
+from app.vault_keys import SOURCE_FILE, VaultConfigError, load_key_ring, write_key_file
 from brokers.paper.market import SimulatedMarket
 
 log = logging.getLogger("app.cli")
@@ -77,12 +79,162 @@ async def seed_demo() -> tuple[str, str]:
     return settings.demo_email, password
 
 
+# rotate-keys exit codes
+EXIT_OK = 0
+EXIT_VERIFY_FAILED = 1  # some secret does not decrypt, or is still on an old key
+EXIT_CONFIG = 2  # the key ring in VAULT_KEYS / the key file is invalid
+EXIT_REFUSED = 3  # --drop-key: the key is active or still in use
+
+
+def _say(line: str) -> None:
+    """The command's one-line result, for the operator's terminal (never a secret)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _complain(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+async def rotate_keys(batch_size: int = 500, pause: float = 0.0) -> int:
+    """Move every secret onto the active key, then decrypt them all to prove it worked.
+
+    Safe to interrupt and rerun: each batch commits on its own, and a rerun selects
+    only rows whose key is not the active one. Exit code 0 only if every secret
+    decrypts and none is left on another key.
+    """
+    ring = load_key_ring(get_settings())
+    async with db.session() as s:
+        before = await vault.key_usage(s)
+    log.info("rotate-keys: active key %s, secrets by key before: %s", ring.active, before)
+    report = await vault.rotate(ring, batch_size=batch_size, pause=pause)
+    check = await vault.verify_all(ring)
+    ok = check.passed and report.remaining == 0 and not report.failures
+    await audit.record(
+        audit.KEY_ROTATION,
+        actor_id=None,
+        target_type="vault_key",
+        target_id=ring.active,
+        outcome=OUTCOME_OK if ok else OUTCOME_FAILED,
+        detail={
+            "active": ring.active,
+            "rotated": report.rotated,
+            "batches": report.batches,
+            "not_rotated": len(report.failures),
+            "remaining_on_other_keys": report.remaining,
+            "verified": check.ok,
+            "verify_failed": check.failed,
+            "total": check.total,
+            "by_key_before": before,
+            "by_key_after": check.by_key,
+        },
+    )
+    for secret_id, code in check.failures:
+        log.error("rotate-keys: secret %d fails verification (%s)", secret_id, code)
+    _say(
+        f"rotate-keys: active key {ring.active}; re-encrypted {report.rotated} in "
+        f"{report.batches} batches; verified {check.ok}/{check.total}; "
+        f"{report.remaining} left on other keys; {'OK' if ok else 'FAILED'}"
+    )
+    return EXIT_OK if ok else EXIT_VERIFY_FAILED
+
+
+async def drop_key(kid: str) -> int:
+    """Retire a key: refused while it is active or any secret still uses it.
+
+    A ring from a key file is rewritten without the key (atomically, mode 0600). A
+    ring from VAULT_KEYS cannot be edited from here: the command says what to remove.
+    Running processes keep their ring until restarted, which is harmless once no row
+    uses the key.
+    """
+    ring = load_key_ring(get_settings())
+    async with db.session() as s:
+        usage = await vault.key_usage(s)
+    in_use = usage.get(kid, 0)
+    reason = ""
+    if kid == ring.active:
+        reason = "it is the active key; make another key active and run rotate-keys first"
+    elif in_use:
+        reason = f"{in_use} secrets still use it; run `python -m app.cli rotate-keys` first"
+    if reason:
+        await audit.record(
+            audit.KEY_ROTATION,
+            actor_id=None,
+            target_type="vault_key",
+            target_id=kid,
+            outcome=OUTCOME_FAILED,
+            detail={"drop_key": kid, "refused": True, "in_use": in_use},
+        )
+        _complain(f"rotate-keys: refusing to drop vault key {kid!r}: {reason}")
+        return EXIT_REFUSED
+    if kid not in ring.keys:
+        _say(f"rotate-keys: vault key {kid!r} is not in the key ring and no secret uses it")
+        return EXIT_OK
+    reduced = ring.without(kid)
+    check = await vault.verify_all(reduced)
+    if not check.passed:
+        _complain(
+            f"rotate-keys: refusing to drop vault key {kid!r}: {check.failed} of "
+            f"{check.total} secrets do not decrypt without it"
+        )
+        return EXIT_VERIFY_FAILED
+    if ring.source == SOURCE_FILE and ring.path is not None:
+        write_key_file(ring.path, reduced, replace=True)
+        where = f"removed it from {ring.path}; restart the app to reload the ring"
+    else:
+        where = "remove it from VAULT_KEYS (this command cannot edit the environment)"
+    await audit.record(
+        audit.KEY_ROTATION,
+        actor_id=None,
+        target_type="vault_key",
+        target_id=kid,
+        detail={
+            "drop_key": kid,
+            "verified": check.ok,
+            "file_rewritten": ring.source == SOURCE_FILE,
+        },
+    )
+    _say(f"rotate-keys: no secret uses vault key {kid!r} ({check.ok} verified without it); {where}")
+    return EXIT_OK
+
+
+async def _run_vault_command(args: argparse.Namespace) -> int:
+    try:
+        if args.drop_key:
+            return await drop_key(args.drop_key)
+        return await rotate_keys(args.batch_size, args.pause)
+    except VaultConfigError as exc:
+        _complain(f"rotate-keys: {exc}")
+        return EXIT_CONFIG
+    finally:
+        await db.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.cli")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("migrate", help="apply all alembic migrations")
     sub.add_parser("seed-demo", help="symbol master, demo user and watchlist")
+    rot = sub.add_parser(
+        "rotate-keys",
+        help="re-encrypt every vault secret with the active key, then verify them all",
+        description="Resumable: rerun after an interruption. Exit codes: 0 done, "
+        "1 verification failed, 2 bad key ring, 3 --drop-key refused.",
+    )
+    rot.add_argument("--batch-size", type=int, default=500, help="rows per transaction")
+    rot.add_argument(
+        "--pause", type=float, default=0.0, help="seconds to wait between batches (throttle)"
+    )
+    rot.add_argument(
+        "--drop-key",
+        metavar="KID",
+        help="instead of rotating: retire KID once no secret uses it "
+        "(rewrites the key file; with VAULT_KEYS, says what to remove)",
+    )
     args = parser.parse_args(argv)
+    if args.cmd == "rotate-keys" and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     if args.cmd == "migrate":
@@ -92,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         email, password = asyncio.run(seed_demo())
         # Shown on the terminal on purpose (the README points here), never logged.
         sys.stdout.write(f"\n  Demo sign-in: {email}\n  Password:     {password}\n\n")
+    elif args.cmd == "rotate-keys":
+        return asyncio.run(_run_vault_command(args))
     return 0
 
 

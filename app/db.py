@@ -51,6 +51,13 @@ def ensure_sqlite_dir(url: str) -> None:
         Path(u.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+def engine_execution_options(url: str) -> dict[str, object]:
+    """SQLite has no schemas: the vault's ``vault.secrets`` lives in the main database there."""
+    if is_sqlite(url):
+        return {"schema_translate_map": {"vault": None}}
+    return {}
+
+
 def _tune_sqlite(engine: AsyncEngine) -> None:
     """WAL lets the runner write while pages read; foreign keys are off by default."""
 
@@ -68,7 +75,9 @@ def configure(url: str | None = None) -> AsyncEngine:
     global _engine, _sessionmaker, _configured_url
     url = url or get_settings().database_url
     ensure_sqlite_dir(url)
-    engine = create_async_engine(async_url(url), pool_pre_ping=True)
+    engine = create_async_engine(
+        async_url(url), pool_pre_ping=True, execution_options=engine_execution_options(url)
+    )
     if is_sqlite(url):
         _tune_sqlite(engine)
     _engine = engine

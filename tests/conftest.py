@@ -22,6 +22,16 @@ from app.cli import migrate
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+@pytest.fixture(autouse=True)
+def _vault_key_ring() -> Iterator[None]:
+    """Every test gets an explicit throw-away key ring: none reads VAULT_* or writes data/."""
+    from app.vault_keys import KeyRing, set_key_ring
+
+    set_key_ring(KeyRing({"test": os.urandom(32)}, "test"))
+    yield
+    set_key_ring(None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

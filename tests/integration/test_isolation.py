@@ -24,10 +24,11 @@ from app import db
 from app.models.rules import AlertRule
 from app.models.users import User, UserSession
 from app.models.watchlists import WatchlistItem
-from app.services import audit, auth
+from app.services import audit, auth, credentials
 from app.services import rules as rules_service
 from app.services import watchlist as watchlist_service
 from app.states.admin import AdminState
+from app.states.brokers import BrokersState
 from app.states.live import LiveState
 from app.states.pages import HistoryState, RulesState, WatchlistState
 from app.states.settings import SettingsState
@@ -74,6 +75,11 @@ async def sessions_revoke(root: State, a: Objects) -> None:
     assert (await root.get_state(SettingsState)).error
 
 
+async def brokers_delete(root: State, a: Objects) -> None:
+    await _call(root, BrokersState, "delete", str(a["credential_id"]))
+    assert (await root.get_state(BrokersState)).error
+
+
 async def admin_set_role(root: State, a: Objects) -> None:
     await _call(root, AdminState, "set_role", str(a["user_id"]), "user")
 
@@ -101,6 +107,7 @@ ATTACKS: dict[tuple[str, str], Attack] = {
     ("WatchlistState", "remove"): watch_remove,
     ("RulesState", "delete"): rules_delete,
     ("SettingsState", "revoke"): sessions_revoke,
+    ("BrokersState", "delete"): brokers_delete,
     ("AdminState", "set_role"): admin_set_role,
     ("AdminState", "set_active"): admin_set_active,
     ("AdminState", "load_users"): admin_load_users,
@@ -124,6 +131,8 @@ OWN_DATA_ONLY: dict[tuple[str, str], str] = {
     ("LiveState", "connect"): "links to the caller's own token (checked below)",
     ("LiveState", "dismiss_toast"): "edits the caller's own linked state",
     ("AdminState", "filter_audit"): "stores filter text; load_audit re-checks the role",
+    ("BrokersState", "load"): "lists the caller's accounts (checked below)",
+    ("BrokersState", "create"): "creates an account for the caller",
 }
 # Reflex's own handler: sets a var of the calling client only. Identity is never read
 # from state vars (always from the cookie), so whatever a client sets proves nothing.
@@ -179,11 +188,23 @@ async def _setup() -> tuple[Objects, User, str]:
         b_token = await auth.create_session(s, b, timedelta(hours=1), "B-browser", "2.2.2.2")
         item = (await s.exec(select(WatchlistItem))).one()
         a_session = (await s.exec(select(UserSession).where(UserSession.user_id == a.id))).one()
+        account = await credentials.create_kis_account(
+            s,
+            a.id,
+            label="A main",
+            app_key="PS" + "k" * 34,
+            app_secret="s" * 180,
+            account_no="12345678",
+            product_code="01",
+            hts_id="alicehts",
+            is_paper=True,
+        )
     objects = {
         "user_id": a.id,
         "item_id": item.id,
         "rule_id": rule.id,
         "session_id": a_session.id,
+        "credential_id": account.id,
         "a_token": a_token,
     }
     return objects, b, b_token
@@ -204,6 +225,9 @@ async def _a_is_untouched(objects: Objects) -> None:
         assert await s.get(WatchlistItem, objects["item_id"]) is not None
         assert (await s.get(AlertRule, objects["rule_id"])).status == "active"
         assert (await auth.resolve_session(s, objects["a_token"])).id == a.id
+        assert [r.id for r in await credentials.list_accounts(s, a.id)] == [
+            objects["credential_id"]
+        ]
 
 
 async def test_user_b_is_refused_on_every_handler_and_each_refusal_is_audited():
@@ -225,6 +249,8 @@ async def test_user_b_is_refused_on_every_handler_and_each_refusal_is_audited():
     await _call(root, SettingsState, "load")
     agents = [r["agent"] for r in (await root.get_state(SettingsState)).sessions]
     assert agents == ["B-browser"]
+    await _call(root, BrokersState, "load")
+    assert (await root.get_state(BrokersState)).rows == []
     live = await root.get_state(LiveState)
     await live._refresh(b.id)
     assert live.watch_rows == []

@@ -6,20 +6,32 @@ import asyncio
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import MetaData, create_engine, inspect
 from sqlmodel import SQLModel
 
 import app.models  # noqa: F401
 from alembic import command
 from app.cli import alembic_config, migrate
-from app.db import sync_url
+from app.db import is_sqlite, sync_url
+
+
+def _models_as_seen_by(url: str) -> MetaData:
+    """SQLite has no schemas: the vault's tables sit in the main database there."""
+    if not is_sqlite(url):
+        return SQLModel.metadata
+    flat = MetaData(naming_convention=SQLModel.metadata.naming_convention)
+    for table in SQLModel.metadata.sorted_tables:
+        table.to_metadata(flat, schema=None)
+    return flat
 
 
 def _diff(url: str) -> list:
     engine = create_engine(sync_url(url))
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-        diff = compare_metadata(ctx, SQLModel.metadata)
+        # include_schemas: on PostgreSQL the secrets table lives in schema "vault"
+        opts = {"compare_type": True, "include_schemas": not is_sqlite(url)}
+        ctx = MigrationContext.configure(conn, opts=opts)
+        diff = compare_metadata(ctx, _models_as_seen_by(url))
     engine.dispose()
     return diff
 
