@@ -65,8 +65,9 @@ async def seed_demo() -> tuple[str, str]:
         log.info("symbol master: %d new", added)
         user = await auth.get_user_by_email(s, settings.demo_email)
         if user is None:
+            # The demo account is the instance's first admin, so the admin pages show too.
             user = await auth.create_local_user(
-                s, settings.demo_email, password, display_name="Demo", language="ko"
+                s, settings.demo_email, password, display_name="Demo", language="ko", role="admin"
             )
             for code in DEMO_WATCHLIST:
                 await watchlist.add(s, user.id or 0, code)
@@ -211,11 +212,44 @@ async def _run_vault_command(args: argparse.Namespace) -> int:
         await db.dispose()
 
 
+async def set_role(email: str, role: str) -> int:
+    """Bootstrap or repair admin rights from the server's shell (audited, actor none)."""
+    from app.services import audit
+
+    if role not in ("user", "admin"):
+        sys.stderr.write(f"unknown role {role!r}: use user or admin\n")
+        return 2
+    try:
+        async with db.session() as s:
+            user = await auth.get_user_by_email(s, email)
+            if user is None:
+                sys.stderr.write(f"no user with e-mail {email}\n")
+                return 1
+            before = user.role
+            user.role = role
+            s.add(user)
+            await s.commit()
+        await audit.record(
+            audit.ROLE_CHANGED,
+            actor_id=None,
+            target_type="user",
+            target_id=user.id,
+            detail={"from": before, "to": role, "via": "cli"},
+        )
+        sys.stdout.write(f"{email}: {before} -> {role}\n")
+        return 0
+    finally:
+        await db.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.cli")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("migrate", help="apply all alembic migrations")
     sub.add_parser("seed-demo", help="symbol master, demo user and watchlist")
+    role = sub.add_parser("set-role", help="make a user an admin, or a user again")
+    role.add_argument("email")
+    role.add_argument("role", choices=["user", "admin"])
     rot = sub.add_parser(
         "rotate-keys",
         help="re-encrypt every vault secret with the active key, then verify them all",
@@ -246,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"\n  Demo sign-in: {email}\n  Password:     {password}\n\n")
     elif args.cmd == "rotate-keys":
         return asyncio.run(_run_vault_command(args))
+    elif args.cmd == "set-role":
+        return asyncio.run(set_role(args.email, args.role))
     return 0
 
 

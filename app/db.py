@@ -88,7 +88,7 @@ def configure(url: str | None = None) -> AsyncEngine:
 
 def get_engine() -> AsyncEngine:
     if _engine is None:
-        configure()
+        configure(_configured_url)
     assert _engine is not None
     return _engine
 
@@ -105,7 +105,7 @@ async def dispose() -> None:
 async def session() -> AsyncIterator[AsyncSession]:
     """A unit of work: commit is explicit, and anything not committed rolls back."""
     if _sessionmaker is None:
-        configure()
+        configure(_configured_url)  # after dispose(): same database, fresh pool
     assert _sessionmaker is not None
     async with _sessionmaker() as s:
         yield s

@@ -98,3 +98,16 @@ async def test_sessions_list_and_revoke_only_own():
         assert [r.user_agent for r in await sessions.list_active(s, a.id, ta1)] == ["Firefox"]
     denied = await audit.search(audit.AuditFilter(outcome="denied"))
     assert [(d.actor_id, d.target_type) for d in denied] == [(a.id, "user_session")]
+
+
+async def test_cli_set_role_is_audited(capsys):
+    from app.cli import set_role
+
+    user = await make_user("ops@example.com")
+    assert await set_role("ops@example.com", "admin") == 0
+    assert await set_role("nobody@example.com", "admin") == 1
+    async with db.session() as s:
+        assert (await s.get(User, user.id)).role == "admin"
+    entry = (await audit.search(audit.AuditFilter(action=audit.ROLE_CHANGED)))[0]
+    assert entry.actor_id is None and entry.detail["via"] == "cli"
+    assert "user -> admin" in capsys.readouterr().out
