@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import reflex as rx
+from reflex_components_core.react_router.dom import ReactRouterLink
 
 from app.components.i18n import t
 from app.components.layout import error_text, page_frame
@@ -51,6 +52,38 @@ def _session_row(row: rx.Var) -> rx.Component:
     )
 
 
+def _identity_row(row: rx.Var) -> rx.Component:
+    return rx.flex(
+        rx.text(
+            SessionState.tr["oauth.provider." + row["provider"].to(str)].to(str), weight="bold"
+        ),
+        rx.text(row["email"], " · ", row["since"], size="1", color="var(--gray-10)"),
+        spacing="3",
+        align="center",
+        wrap="wrap",
+        padding="8px 12px",
+        border_bottom="1px solid var(--gray-a4)",
+        class_name="identity-row",
+    )
+
+
+def _link_button(provider: rx.Var) -> rx.Component:
+    # The browser must follow it itself (reload_document): the flow is server-side.
+    return rx.button(
+        ReactRouterLink.create(
+            SessionState.tr["oauth.link"]
+            .to(str)
+            .replace("{provider}", SessionState.tr["oauth.provider." + provider.to(str)].to(str)),
+            to="/auth/link/" + provider.to(str) + "?next=/settings",
+            reload_document=True,
+            id="link-" + provider.to(str),
+        ),
+        as_child=True,
+        variant="soft",
+        size="2",
+    )
+
+
 def settings_page() -> rx.Component:
     return page_frame(
         rx.heading(t("settings.title"), size="6"),
@@ -59,4 +92,12 @@ def settings_page() -> rx.Component:
         rx.text(t("settings.sessions_hint"), size="2", color="var(--gray-11)"),
         error_text(SettingsState.error, "settings-error"),
         rx.box(rx.foreach(SettingsState.sessions, _session_row), id="sessions-list"),
+        rx.heading(t("oauth.linked"), size="4", margin_top="24px"),
+        rx.box(rx.foreach(SettingsState.identities, _identity_row), id="identities-list"),
+        rx.flex(
+            rx.foreach(SettingsState.linkable, _link_button),
+            spacing="2",
+            wrap="wrap",
+            margin_top="8px",
+        ),
     )

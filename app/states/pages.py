@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 import reflex as rx
 
 from app import db
+from app.i18n import catalog
 from app.runtime.messages import render_alert, symbol_name, won
 from app.services import alerts as alerts_service
 from app.services import rules as rules_service
@@ -230,9 +231,10 @@ class LoginState(rx.State):
 
     @rx.var
     def error_key(self) -> str:
+        """Only codes that have a text: the query string is the visitor's to edit."""
         code = self.router.url.query_parameters.get("error", "")
-        allowed = {"invalid_credentials", "rate_limited", "missing_fields", "bad_origin"}
-        return f"login.error.{code}" if code in allowed else ""
+        key = f"login.error.{code}"
+        return key if code and key in catalog("en") else ""
 
     @rx.var
     def signed_out(self) -> bool:

@@ -7,8 +7,11 @@ from zoneinfo import ZoneInfo
 import reflex as rx
 
 from app import db
+from app.config import get_settings
+from app.services import oauth
 from app.services import sessions as sessions_service
 from app.services.errors import ServiceError
+from app.services.oauth_providers import enabled_providers
 from app.states.session import SessionState
 
 KST = ZoneInfo("Asia/Seoul")
@@ -20,6 +23,8 @@ def _when(value: object) -> str:
 
 class SettingsState(rx.State):
     sessions: list[dict[str, str]] = []
+    identities: list[dict[str, str]] = []
+    linkable: list[str] = []
     error: str = ""
 
     @rx.event
@@ -41,6 +46,13 @@ class SettingsState(rx.State):
             }
             for r in rows
         ]
+        linked = await oauth.list_identities(user.id)
+        self.identities = [
+            {"provider": i.provider, "email": i.email or "", "since": _when(i.created_at)}
+            for i in linked
+        ]
+        have = {i.provider for i in linked}
+        self.linkable = [p.id for p in enabled_providers(get_settings()) if p.id not in have]
         return None
 
     @rx.event

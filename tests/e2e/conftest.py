@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
+from playwright.async_api import Browser, async_playwright
 
 from tests.conftest import SmtpSink, free_port
+from tests.oidc_provider import LocalOP, OPClient
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "e2e" / "artifacts"
@@ -30,6 +33,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 DEMO_PASSWORD = "e2e-demo-Passw0rd"
+GOOGLE_CLIENT_ID = "e2e-google-client"
+GOOGLE_CLIENT_SECRET = "e2e-google-secret"
 
 
 @dataclass
@@ -37,6 +42,8 @@ class RunningApp:
     base_url: str
     smtp: SmtpSink
     log_path: Path
+    op: LocalOP  # the "Google" the app is configured with: a local OpenID provider
+    db_path: Path
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
@@ -58,21 +65,36 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> N
 def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     work = tmp_path_factory.mktemp("e2e")
+    db_path = work / "e2e.db"
     port = free_port()
     smtp = SmtpSink("127.0.0.1", free_port())
     controller = Controller(smtp, hostname=smtp.host, port=smtp.port)
     controller.start()
+    op = LocalOP().start()
+    op.add_client(
+        OPClient(
+            GOOGLE_CLIENT_ID,
+            GOOGLE_CLIENT_SECRET,
+            [f"http://localhost:{port}/auth/callback/google"],
+        )
+    )
     env = {
         **os.environ,
-        "DATABASE_URL": f"sqlite:///{work / 'e2e.db'}",
+        "DATABASE_URL": f"sqlite:///{db_path}",
         "APP_BASE_URL": f"http://localhost:{port}",
         "SMTP_HOST": smtp.host,
         "SMTP_PORT": str(smtp.port),
         "DEMO_PASSWORD": DEMO_PASSWORD,
+        # an explicit throw-away vault key: the e2e app never writes data/vault-keys.json
+        "VAULT_KEYS": "e2e:" + base64.b64encode(os.urandom(32)).decode(),
+        "VAULT_ACTIVE_KEY": "e2e",
         "MARKET_TICK_INTERVAL": "0.1",
         "UI_PUSH_INTERVAL": "0.3",
         "RULE_SYNC_INTERVAL": "0.5",
         "DELIVERY_POLL_INTERVAL": "0.5",
+        "GOOGLE_CLIENT_ID": GOOGLE_CLIENT_ID,
+        "GOOGLE_CLIENT_SECRET": GOOGLE_CLIENT_SECRET,
+        "GOOGLE_DISCOVERY_URL": op.discovery_url,
         "PATH": f"{ROOT / '.tools' / 'node_modules' / '.bin'}:{os.environ.get('PATH', '')}",
         "REFLEX_USE_SYSTEM_BUN": "1",
         "REFLEX_CHECK_LATEST_VERSION": "0",
@@ -103,7 +125,9 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", 600, proc, log)
         _wait_http(f"http://127.0.0.1:{port}/login", 120, proc, log)
-        yield RunningApp(f"http://localhost:{port}", smtp, log)
+        yield RunningApp(
+            base_url=f"http://localhost:{port}", smtp=smtp, log_path=log, op=op, db_path=db_path
+        )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -111,4 +135,15 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         controller.stop()
+        op.stop()
         (ARTIFACTS / "app.log").write_text(log.read_text())
+
+
+@pytest.fixture
+async def browser() -> Browser:
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()

@@ -11,39 +11,15 @@ import re
 import time
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
-from tests.e2e.conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DEMO_PASSWORD, RunningApp
+from tests.e2e.conftest import ARTIFACTS, RunningApp
+from tests.e2e.ui import DEMO_EMAIL
+from tests.e2e.ui import no_horizontal_scroll as _no_horizontal_scroll
+from tests.e2e.ui import shot as _shot
+from tests.e2e.ui import sign_in as _sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-DEMO_EMAIL = "demo@example.com"
-
-
-@pytest.fixture
-async def browser() -> Browser:
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
-
-
-async def _sign_in(page: Page, base: str, password: str = DEMO_PASSWORD) -> None:
-    await page.goto(f"{base}/")
-    await page.wait_for_url(re.compile(r"/login"), timeout=60_000)
-    await page.fill("#email", DEMO_EMAIL)
-    await page.fill("#password", password)
-    await page.click("#login-submit")
-
-
-async def _shot(page: Page, name: str, width: int) -> None:
-    await page.screenshot(path=str(ARTIFACTS / f"{name}-{width}.png"), full_page=True)
-
-
-async def _no_horizontal_scroll(page: Page, width: int) -> None:
-    overflow = await page.evaluate("document.documentElement.scrollWidth")
-    assert overflow <= width, f"page is {overflow}px wide at a {width}px viewport"
 
 
 def _to_int(text: str) -> int:
