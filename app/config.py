@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     vault_active_key: str = ""
     vault_keys_file: str = ""
 
+    # KIS Open API hosts (tests point these at a loopback fake)
+    kis_real_base_url: str = "https://openapi.koreainvestment.com:9443"
+    kis_paper_base_url: str = "https://openapivts.koreainvestment.com:29443"
+    kis_timeout: float = Field(default=10.0, gt=0)
+
     # Sign-in
     local_login_enabled: bool = True
     oauth_flow_ttl_seconds: int = Field(default=600, ge=60)

@@ -20,14 +20,12 @@ from __future__ import annotations
 import hmac
 import html
 import secrets
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-import uvicorn
 from authlib.oauth2.rfc6749 import (
     AuthorizationServer,
     ClientMixin,
@@ -49,6 +47,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tests.conftest import free_port
+from tests.loopback import LoopbackServer
 
 CODE_TTL = 120
 
@@ -318,8 +317,7 @@ class LocalOP:
                 Route("/v1/nid/me", self._naver_profile),
             ]
         )
-        self._uvicorn: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopbackServer | None = None
 
     # --- configuration ---------------------------------------------------------------
 
@@ -344,24 +342,13 @@ class LocalOP:
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> LocalOP:
-        config = uvicorn.Config(
-            self.app, host=self.host, port=self.port, log_level="warning", lifespan="off"
-        )
-        self._uvicorn = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._uvicorn.run, name="local-op", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._uvicorn.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the local OpenID provider did not start")
-            time.sleep(0.02)
+        self._server = LoopbackServer(self.app, self.host, self.port, "local-op")
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._server is not None:
+            self._server.stop()
 
     def __enter__(self) -> LocalOP:
         return self.start()

@@ -141,6 +141,13 @@ def _row(row: rx.Var) -> rx.Component:
             color_scheme=rx.cond(row["mode"] == "real", "red", "blue"),
         ),
         rx.button(
+            t("brokers.test"),
+            on_click=BrokersState.test_connection(row["id"]),
+            variant="soft",
+            size="1",
+            class_name="broker-test",
+        ),
+        rx.button(
             t("brokers.delete"),
             on_click=BrokersState.delete(row["id"]),
             variant="soft",

@@ -33,6 +33,7 @@ CREDENTIAL_UPDATED = "vault.credential_updated"
 CREDENTIAL_DELETED = "vault.credential_deleted"
 CREDENTIAL_DECRYPTED = "vault.decrypt_for_use"
 KEY_ROTATION = "vault.key_rotation"
+CONNECTION_TESTED = "brokers.connection_tested"
 ORDER_PLACED = "orders.placed"
 ACCESS_DENIED = "access.denied"
 

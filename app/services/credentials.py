@@ -17,16 +17,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
+import httpx
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.config import Settings, get_settings
 from app.models.audit import OUTCOME_FAILED
 from app.models.common import utcnow
 from app.models.vault import BROKER_KIS, BrokerCredential
 from app.services import audit, vault
 from app.services.errors import NotFound, ValidationFailed
 from app.vault_keys import KeyRing, VaultError
+from brokers.base import BrokerUnavailable
+from brokers.kis.auth import CredentialsRejected, request_approval_key
 
 OWNER_TABLE = "broker_credentials"
 TARGET_TYPE = "broker_credential"
@@ -379,3 +384,49 @@ async def use_kis_account(
         account_no=values["account_no"],
         hts_id=values["hts_id"],
     )
+
+
+ConnectionResult = Literal["ok", "rejected", "unavailable"]
+
+
+async def check_kis_connection(
+    session: AsyncSession,
+    user_id: int,
+    credential_id: int,
+    *,
+    ip: str = "",
+    settings: Settings | None = None,
+    ring: KeyRing | None = None,
+) -> ConnectionResult:
+    """Ask KIS for a websocket approval key with the stored pair: proof without a token.
+
+    The decrypt is audited by ``use_kis_account``; the outcome is audited here. The
+    plaintext lives only inside this call.
+    """
+    settings = settings or get_settings()
+    await _owned(session, user_id, credential_id, ip)  # audits a refusal, with the IP
+    secrets = await use_kis_account(
+        session, user_id, credential_id, purpose="test_connection", ring=ring
+    )
+    base_url = settings.kis_paper_base_url if secrets.is_paper else settings.kis_real_base_url
+    result: ConnectionResult = "ok"
+    reason = ""
+    try:
+        async with httpx.AsyncClient(timeout=settings.kis_timeout) as client:
+            await request_approval_key(client, base_url, secrets.app_key, secrets.app_secret)
+    except CredentialsRejected as exc:
+        result, reason = "rejected", exc.reason
+    except BrokerUnavailable as exc:
+        result, reason = "unavailable", str(exc)
+    finally:
+        del secrets
+    await audit.record(
+        audit.CONNECTION_TESTED,
+        actor_id=user_id,
+        target_type=TARGET_TYPE,
+        target_id=credential_id,
+        outcome="ok" if result == "ok" else OUTCOME_FAILED,
+        ip=ip,
+        detail={"result": result, "reason": reason[:200]},
+    )
+    return result

@@ -100,6 +100,29 @@ class BrokersState(rx.State):
         return BrokersState.load
 
     @rx.event
+    async def test_connection(self, credential_id: str) -> rx.event.EventSpec | None:
+        """Checks the stored key pair with KIS; the plaintext never enters this state."""
+        session = await self.get_state(SessionState)
+        user = await session._user()
+        if user is None or user.id is None:
+            return rx.redirect("/login")
+        try:
+            async with db.session() as s:
+                result = await credentials_service.check_kis_connection(
+                    s, user.id, int(credential_id), ip=session._ip()
+                )
+        except (ServiceError, ValueError) as exc:
+            code = exc.code if isinstance(exc, ServiceError) else "not_found"
+            self.error = _error_text(session, code, {})
+            self.notice = ""
+            return None
+        if result == "ok":
+            self.notice, self.error = session._t("brokers.test_ok"), ""
+        else:
+            self.notice, self.error = "", session._t(f"brokers.test_{result}")
+        return None
+
+    @rx.event
     async def delete(self, credential_id: str) -> rx.event.EventSpec | None:
         session = await self.get_state(SessionState)
         user = await session._user()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from aiosmtpd.controller import Controller
 from playwright.async_api import Browser, async_playwright
 
 from tests.conftest import SmtpSink, free_port
+from tests.kis_fake import KisFake
 from tests.oidc_provider import LocalOP, OPClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +35,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 DEMO_PASSWORD = "e2e-demo-Passw0rd"
+# Canary broker credentials: the only pair the KIS fake accepts, and strings that must
+# never appear in a frame, a log or a file (test_accounts_e2e.py).
+KIS_APP_KEY = "PSCANARY" + secrets.token_hex(14).upper()
+KIS_APP_SECRET = "CANARYSECRET" + secrets.token_hex(40)
 GOOGLE_CLIENT_ID = "e2e-google-client"
 GOOGLE_CLIENT_SECRET = "e2e-google-secret"
 
@@ -44,6 +50,7 @@ class RunningApp:
     log_path: Path
     op: LocalOP  # the "Google" the app is configured with: a local OpenID provider
     db_path: Path
+    kis: KisFake
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
@@ -71,6 +78,8 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
     controller = Controller(smtp, hostname=smtp.host, port=smtp.port)
     controller.start()
     op = LocalOP().start()
+    kis = KisFake(app_keys={KIS_APP_KEY: KIS_APP_SECRET})
+    kis_server = kis.serve()
     op.add_client(
         OPClient(
             GOOGLE_CLIENT_ID,
@@ -92,6 +101,8 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
         "UI_PUSH_INTERVAL": "0.3",
         "RULE_SYNC_INTERVAL": "0.5",
         "DELIVERY_POLL_INTERVAL": "0.5",
+        "KIS_PAPER_BASE_URL": kis_server.base_url,
+        "KIS_REAL_BASE_URL": kis_server.base_url,
         "GOOGLE_CLIENT_ID": GOOGLE_CLIENT_ID,
         "GOOGLE_CLIENT_SECRET": GOOGLE_CLIENT_SECRET,
         "GOOGLE_DISCOVERY_URL": op.discovery_url,
@@ -126,7 +137,12 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
         _wait_http(f"http://127.0.0.1:{port}/ping", 600, proc, log)
         _wait_http(f"http://127.0.0.1:{port}/login", 120, proc, log)
         yield RunningApp(
-            base_url=f"http://localhost:{port}", smtp=smtp, log_path=log, op=op, db_path=db_path
+            base_url=f"http://localhost:{port}",
+            smtp=smtp,
+            log_path=log,
+            op=op,
+            db_path=db_path,
+            kis=kis,
         )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -136,6 +152,7 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
             os.killpg(proc.pid, signal.SIGKILL)
         controller.stop()
         op.stop()
+        kis_server.stop()
         (ARTIFACTS / "app.log").write_text(log.read_text())
 
 

@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.async_api import Browser, expect
 
-from tests.e2e.conftest import ARTIFACTS, RunningApp
+from tests.e2e.conftest import ARTIFACTS, KIS_APP_KEY, KIS_APP_SECRET, RunningApp
 from tests.e2e.ui import no_horizontal_scroll as _no_horizontal_scroll
 from tests.e2e.ui import shot as _shot
 from tests.e2e.ui import sign_in as _sign_in
@@ -88,8 +88,8 @@ async def test_canary_secrets_never_reach_the_browser_logs_or_disk(
 
     base = running_app.base_url
     canaries = {
-        "app_key": "PSCANARY" + pysecrets.token_hex(14).upper(),
-        "app_secret": "CANARYSECRET" + pysecrets.token_hex(40),
+        "app_key": KIS_APP_KEY,
+        "app_secret": KIS_APP_SECRET,
         "hts_id": "canary" + pysecrets.token_hex(3),
     }
     ctx = await browser.new_context(viewport={"width": 1280, "height": 900}, locale="ko-KR")
@@ -118,6 +118,10 @@ async def test_canary_secrets_never_reach_the_browser_logs_or_disk(
     await _shot(page, "brokers", 1280)
     await page.reload()
     await expect(page.locator(".broker-row")).to_have_count(1, timeout=30_000)
+    # "test connection": the server decrypts the pair and KIS (the fake) accepts it
+    await page.locator(".broker-test").click()
+    await expect(page.locator("#brokers-notice")).to_contain_text("KIS", timeout=30_000)
+    assert running_app.kis.approvals == [KIS_APP_KEY]
 
     html = await page.content()
     log_text = running_app.log_path.read_text(errors="replace")
@@ -133,3 +137,24 @@ async def test_canary_secrets_never_reach_the_browser_logs_or_disk(
         assert value.encode() not in pickled, f"{name} is in Reflex's pickled state"
     assert "87654321" not in html and b"87654321" not in db_bytes
     await ctx.close()
+
+
+def test_cors_is_pinned_to_the_apps_own_origin(running_app: RunningApp):
+    import urllib.request
+
+    def preflight(origin: str) -> dict[str, str]:
+        req = urllib.request.Request(
+            f"{running_app.base_url}/api/health",
+            method="OPTIONS",
+            headers={"Origin": origin, "Access-Control-Request-Method": "GET"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return {k.lower(): v for k, v in resp.headers.items()}
+        except urllib.error.HTTPError as err:  # a refused preflight is a 400
+            return {k.lower(): v for k, v in err.headers.items()}
+
+    evil = preflight("https://evil.example")
+    assert evil.get("access-control-allow-origin") not in ("*", "https://evil.example")
+    own = preflight(running_app.base_url)
+    assert own.get("access-control-allow-origin") == running_app.base_url

@@ -80,6 +80,11 @@ async def brokers_delete(root: State, a: Objects) -> None:
     assert (await root.get_state(BrokersState)).error
 
 
+async def brokers_test_connection(root: State, a: Objects) -> None:
+    await _call(root, BrokersState, "test_connection", str(a["credential_id"]))
+    assert (await root.get_state(BrokersState)).error
+
+
 async def admin_set_role(root: State, a: Objects) -> None:
     await _call(root, AdminState, "set_role", str(a["user_id"]), "user")
 
@@ -108,6 +113,7 @@ ATTACKS: dict[tuple[str, str], Attack] = {
     ("RulesState", "delete"): rules_delete,
     ("SettingsState", "revoke"): sessions_revoke,
     ("BrokersState", "delete"): brokers_delete,
+    ("BrokersState", "test_connection"): brokers_test_connection,
     ("AdminState", "set_role"): admin_set_role,
     ("AdminState", "set_active"): admin_set_active,
     ("AdminState", "load_users"): admin_load_users,

@@ -1,0 +1,1 @@
+"""Korea Investment & Securities (KIS) Open API adapter. Grows in the brokers issue."""
