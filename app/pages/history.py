@@ -6,6 +6,7 @@ import reflex as rx
 
 from app.components.i18n import t
 from app.components.layout import page_frame
+from app.states.live import LiveState
 from app.states.pages import HistoryState
 
 
@@ -32,6 +33,18 @@ def history_page() -> rx.Component:
             align="center",
             spacing="3",
             wrap="wrap",
+        ),
+        rx.cond(
+            LiveState.unread > HistoryState.loaded_unread,
+            rx.button(
+                t("history.new_alerts"),
+                on_click=HistoryState.load,
+                variant="soft",
+                color_scheme="amber",
+                width="100%",
+                margin_top="12px",
+                id="history-refresh",
+            ),
         ),
         rx.box(
             rx.cond(

@@ -180,6 +180,7 @@ class RulesState(rx.State):
 
 class HistoryState(rx.State):
     rows: list[dict[str, str]] = []
+    loaded_unread: int = 0  # compared with the live badge to offer a refresh
 
     @rx.event
     async def load(self) -> rx.event.EventSpec | None:
@@ -211,6 +212,7 @@ class HistoryState(rx.State):
                 }
             )
         self.rows = out
+        self.loaded_unread = sum(1 for r in rows if not r.read)
         return None
 
     @rx.event
