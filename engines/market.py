@@ -1,4 +1,4 @@
-"""Market primitives shared by every layer: ticks and KRX price arithmetic.
+"""Market primitives shared by every layer: ticks, candles and KRX price arithmetic.
 
 Prices are whole won (``int``). KRX quotes never have fractions, and integer
 arithmetic keeps rule thresholds exact: a level is hit or it is not.
@@ -6,9 +6,11 @@ arithmetic keeps rule thresholds exact: a level is hit or it is not.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from zoneinfo import ZoneInfo
 
 # KRX unified tick-size table (KOSPI and KOSDAQ alike since 2023-01-25):
 # (exclusive upper bound of the band, tick size in won).
@@ -101,3 +103,192 @@ def change_pct(price: int, prev_close: int) -> float:
     if prev_close <= 0:
         return 0.0
     return (price - prev_close) / prev_close * 100.0
+
+
+# -- candles ------------------------------------------------------------------------------
+
+KST = ZoneInfo("Asia/Seoul")
+"""KRX's time zone. Korea has no daylight saving time, so this is UTC+9 all year."""
+
+SESSION_OPEN_HOUR = 9
+"""The regular session opens at 09:00 KST; intraday buckets are counted from it."""
+
+_MINUTES = {"1m": 1, "5m": 5, "15m": 15, "30m": 30, "60m": 60}
+
+
+class Timeframe(StrEnum):
+    """A candle length. Every bucket boundary is computed in KST.
+
+    * Intraday (``1m`` .. ``60m``): buckets of N minutes counted from 09:00 KST, the
+      session open, so the first 60-minute candle is 09:00-10:00 and the last one,
+      15:00-16:00, holds the 15:20-15:30 closing auction. Prints before 09:00 (the
+      pre-open after-hours session) fall in buckets counted backwards from 09:00.
+    * ``1d``: every print of a KST calendar day, including pre-open and after-hours
+      trading. The candle is labelled with that day's 09:00 KST and closes at the
+      next midnight KST.
+    * ``1w``: Monday 00:00 KST to the next Monday, labelled Monday 09:00 KST.
+
+    A bucket in which nothing traded produces no candle (no flat filler bars): a
+    trading halt or a holiday is absent from the series, not a run of zero-volume
+    bars, and indicators count traded bars.
+    """
+
+    M1 = "1m"
+    M5 = "5m"
+    M15 = "15m"
+    M30 = "30m"
+    M60 = "60m"
+    D1 = "1d"
+    W1 = "1w"
+
+    @property
+    def minutes(self) -> int | None:
+        """Bucket length in minutes for intraday timeframes, ``None`` for 1d and 1w."""
+        return _MINUTES.get(self.value)
+
+    @property
+    def span(self) -> timedelta:
+        """Bucket length: a bucket is ``[end - span, end)``. Exact for 1d and 1w too,
+        because KST has no daylight saving time."""
+        minutes = self.minutes
+        if minutes is not None:
+            return timedelta(minutes=minutes)
+        return timedelta(days=1 if self is Timeframe.D1 else 7)
+
+    def bucket(self, ts: datetime) -> tuple[datetime, datetime]:
+        """``(start, end)`` in UTC of the bucket holding ``ts`` (timezone-aware).
+
+        ``start`` labels the candle; ``end`` is the first instant of the next bucket,
+        when the candle can no longer change. The bucket is ``[end - span, end)``,
+        which for 1d and 1w begins before ``start`` (at midnight KST).
+        """
+        local = ts.astimezone(KST)
+        open_ = local.replace(hour=SESSION_OPEN_HOUR, minute=0, second=0, microsecond=0)
+        minutes = self.minutes
+        if minutes is not None:
+            step = timedelta(minutes=minutes)
+            start = open_ + ((local - open_) // step) * step
+            return start.astimezone(UTC), (start + step).astimezone(UTC)
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if self is Timeframe.D1:
+            end = midnight + timedelta(days=1)
+            return open_.astimezone(UTC), end.astimezone(UTC)
+        monday = midnight - timedelta(days=local.weekday())
+        start = monday.replace(hour=SESSION_OPEN_HOUR)
+        return start.astimezone(UTC), (monday + timedelta(days=7)).astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """One closed bar of ``symbol`` on ``timeframe``. ``start`` is UTC (see ``Timeframe``
+    for what it labels); prices are whole won, ``volume`` is shares."""
+
+    symbol: str
+    timeframe: Timeframe
+    start: datetime
+    open: int
+    high: int
+    low: int
+    close: int
+    volume: int
+
+
+class _Bar:
+    """The candle being built for one (symbol, timeframe): mutable, updated in place."""
+
+    __slots__ = ("begin", "close", "end", "high", "low", "open", "start", "volume")
+
+    def __init__(self, tf: Timeframe, ts: datetime, price: int, volume: int) -> None:
+        self.start, self.end = tf.bucket(ts)
+        self.begin = self.end - tf.span
+        self.open = self.high = self.low = self.close = price
+        self.volume = volume
+
+    def add(self, price: int, volume: int) -> None:
+        if price > self.high:
+            self.high = price
+        elif price < self.low:
+            self.low = price
+        self.close = price
+        self.volume += volume
+
+    def candle(self, symbol: str, timeframe: Timeframe) -> Candle:
+        return Candle(
+            symbol, timeframe, self.start, self.open, self.high, self.low, self.close, self.volume
+        )
+
+
+class CandleAggregator:
+    """Builds candles of several timeframes from ticks, for any number of symbols.
+
+    A candle is returned once it is *closed*: when a tick of the same symbol falls in
+    a later bucket (``on_tick``), or when the runner's timer says the bucket's end has
+    passed (``close_until``: a symbol that stops trading still gets its last candle).
+    Work per tick is O(number of timeframes): one bucket computation and one update
+    of the open candle each.
+
+    Ticks must arrive in time order per symbol, as a broker stream delivers them. A
+    tick older than the symbol's open candle, or inside a bucket already closed, is
+    *late*: its candle has been handed out (alerts may have fired on it) and candles
+    are immutable, so the tick is dropped and counted in ``late_ticks``.
+    """
+
+    def __init__(self, timeframes: Iterable[Timeframe]) -> None:
+        frames = [Timeframe(tf) for tf in timeframes]
+        if not frames:
+            raise ValueError("at least one timeframe is needed")
+        if len(set(frames)) != len(frames):
+            raise ValueError(f"duplicate timeframes in {[str(tf) for tf in frames]}")
+        self.timeframes: tuple[Timeframe, ...] = tuple(frames)
+        self._open: dict[tuple[str, Timeframe], _Bar] = {}
+        self._closed_until: dict[tuple[str, Timeframe], datetime] = {}
+        self.late_ticks = 0
+
+    def on_tick(self, tick: Tick) -> list[Candle]:
+        """Add ``tick``; return the candles it closed, in ``timeframes`` order."""
+        if not tick.symbol:
+            raise ValueError("tick symbol must not be empty")
+        if tick.price <= 0:
+            raise ValueError(f"tick price must be positive, got {tick.price}")
+        if tick.volume < 0:
+            raise ValueError(f"tick volume must be >= 0, got {tick.volume}")
+        if tick.ts.utcoffset() is None:
+            raise ValueError(f"tick ts must be timezone-aware, got {tick.ts!r}")
+        closed: list[Candle] = []
+        for tf in self.timeframes:
+            key = (tick.symbol, tf)
+            bar = self._open.get(key)
+            if bar is not None and bar.begin <= tick.ts < bar.end:
+                bar.add(tick.price, tick.volume)
+                continue
+            if (bar is not None and tick.ts < bar.begin) or (
+                key in self._closed_until and tick.ts < self._closed_until[key]
+            ):
+                self.late_ticks += 1
+                continue
+            if bar is not None:
+                closed.append(bar.candle(tick.symbol, tf))
+            self._open[key] = _Bar(tf, tick.ts, tick.price, tick.volume)
+        return closed
+
+    def close_until(self, ts: datetime) -> list[Candle]:
+        """Close every open candle whose bucket ended at or before ``ts`` (aware).
+
+        For the runner's timer, so the last bar before a quiet spell is not held back
+        until the next trade. Cost is O(open candles), once per timer call.
+        """
+        if ts.utcoffset() is None:
+            raise ValueError(f"ts must be timezone-aware, got {ts!r}")
+        closed: list[Candle] = []
+        for key, bar in list(self._open.items()):
+            if bar.end <= ts:
+                closed.append(bar.candle(*key))
+                del self._open[key]
+                self._closed_until[key] = bar.end
+        closed.sort(key=lambda c: (c.start, c.symbol, self.timeframes.index(c.timeframe)))
+        return closed
+
+    def current(self, symbol: str, timeframe: Timeframe) -> Candle | None:
+        """The candle still being built (not closed), for display; ``None`` if none."""
+        bar = self._open.get((symbol, timeframe))
+        return None if bar is None else bar.candle(symbol, timeframe)
