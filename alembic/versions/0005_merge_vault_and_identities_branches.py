@@ -1,0 +1,21 @@
+"""merge vault and identities branches
+
+Revision ID: 0005
+Revises: 0003, 0004
+Create Date: 2026-11-24 11:16:05.879063
+"""
+
+from collections.abc import Sequence
+
+revision: str = '0005'
+down_revision: str | None = ('0003', '0004')
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
