@@ -61,3 +61,11 @@ async def test_upgrade_matches_models_and_downgrade_is_clean(db_url: str):
     # and back up again: migrations are repeatable
     await asyncio.to_thread(migrate, db_url)
     assert _diff(db_url) == []
+
+
+def test_history_has_one_head():
+    """Parallel work must end in a merge revision: `upgrade head` needs a single head."""
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
+    assert len(heads) == 1, heads
