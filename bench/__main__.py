@@ -1,4 +1,8 @@
-"""``python -m bench NAME``: run ``bench/NAME.py``'s ``run()`` and print its result as JSON.
+"""``python -m bench NAME [ARGS...]``: run ``bench/NAME.py``'s ``run()``, print the result as JSON.
+
+Extra arguments are handed to ``run(argv)`` for benchmarks whose ``run`` takes one
+(e.g. ``python -m bench rules --quick``); giving them to a benchmark whose ``run()``
+takes none is a usage error.
 
 stdout carries exactly one line, the JSON object, so results can be piped into files
 and compared across commits; every diagnostic goes to stderr through logging.
@@ -8,6 +12,7 @@ and compared across commits; every diagnostic goes to stderr through logging.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import pkgutil
@@ -38,14 +43,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args:
         sys.stdout.write("".join(f"{name}\n" for name in names))
         return 0
-    if len(args) != 1 or args[0] not in names:
+    name, rest = args[0], args[1:]
+    if name not in names:
         sys.stderr.write(
-            f"usage: python -m bench NAME\nunknown benchmark {' '.join(args)!r}; "
+            f"usage: python -m bench NAME [ARGS...]\nunknown benchmark {name!r}; "
             f"available: {', '.join(names) or '(none)'}\n"
         )
         return 2
-    module = importlib.import_module(f"bench.{args[0]}")
-    result = module.run()
+    module = importlib.import_module(f"bench.{name}")
+    if inspect.signature(module.run).parameters:
+        result = module.run(rest)
+    elif rest:
+        sys.stderr.write(f"usage: python -m bench {name}\n{name!r} takes no arguments\n")
+        return 2
+    else:
+        result = module.run()
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 
