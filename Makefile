@@ -59,7 +59,7 @@ format: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check --fix .
 
 bench: deps
-	$(PY) -m bench $(NAME)
+	$(PY) -m bench $(NAME) $(ARGS)
 
 clean:
 	rm -rf .web .states
