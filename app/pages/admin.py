@@ -141,6 +141,7 @@ def admin_audit_page() -> rx.Component:
                     rx.el.option("denied", value="denied"),
                     rx.el.option("failed", value="failed"),
                     name="outcome",
+                    aria_label=t("admin.filter.outcome"),
                     style=_SELECT,
                 ),
                 rx.input(

@@ -16,7 +16,6 @@ from app.services import alerts as alerts_service
 from app.services import watchlist as watchlist_service
 from app.states.session import SessionState
 
-MAX_RECENT_ALERTS = 5
 _EMPTY_QUOTE = {"price": "", "change": "", "dir": "flat"}
 
 
@@ -27,7 +26,6 @@ def user_token(user_id: int) -> str:
 class LiveState(rx.SharedState):
     watch_rows: list[dict[str, str]] = []
     quotes: dict[str, dict[str, str]] = {}
-    recent: list[dict[str, str]] = []
     toast: dict[str, str] = {}
     unread: int = 0
 
@@ -86,6 +84,5 @@ class ReflexUiSink:
             BaseStateToken(ident=user_token(user_id), cls=LiveState)
         ) as root:
             live = await root.get_state(LiveState)
-            live.recent = [view, *live.recent][:MAX_RECENT_ALERTS]
             live.toast = view
             live.unread = live.unread + 1
