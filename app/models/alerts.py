@@ -19,6 +19,7 @@ DELIVERY_PENDING = "pending"
 DELIVERY_SENDING = "sending"
 DELIVERY_SENT = "sent"
 DELIVERY_DEAD = "dead"
+DELIVERY_SKIPPED = "skipped"  # raised in quiet hours whose action is "drop"
 
 CHANNEL_IN_APP = "in_app"
 CHANNEL_EMAIL = "email"

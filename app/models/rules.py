@@ -13,6 +13,8 @@ from app.models.common import UTCDateTime, utcnow
 RULE_ACTIVE = "active"
 RULE_TRIGGERED = "triggered"  # a one-shot rule that has fired
 RULE_DELETED = "deleted"  # kept so history rows keep their rule
+RULE_DISABLED = "disabled"  # paused by its owner; the runner unloads it
+RULE_EXPIRED = "expired"  # passed its expiry date without (further) firing
 
 
 class AlertRule(SQLModel, table=True):

@@ -27,6 +27,8 @@ def symbol_name(payload: dict[str, Any], lang: str) -> str:
 
 
 def render_alert(payload: dict[str, Any], lang: str, base_url: str = "") -> RenderedAlert:
+    if payload.get("kind") == "condition":
+        return _render_condition(payload, lang, base_url)
     name = symbol_name(payload, lang)
     condition = translate(f"op.{payload['op']}", lang)
     change = payload.get("change_pct")
@@ -51,4 +53,22 @@ def render_alert(payload: dict[str, Any], lang: str, base_url: str = "") -> Rend
         f'<p style="color:#666;font-size:12px">{html.escape(footer)}</p></body></html>'
     )
     subject = translate("alert.email_subject", lang, **params)
+    return RenderedAlert(title=title, body=body, text=text, subject=subject, html=html_body)
+
+
+def _render_condition(payload: dict[str, Any], lang: str, base_url: str) -> RenderedAlert:
+    """The text was rendered at firing in the owner's language (``payload["text"]``)."""
+    name = symbol_name(payload, lang)
+    summary = payload.get(f"summary_{lang}") or payload.get("summary_ko", "")
+    head = payload.get("rule_name") or f"{name} ({payload['symbol']})"
+    title = f"{head} · {summary}"
+    body = payload.get("text") or summary
+    footer = translate("alert.email_footer", lang, url=f"{base_url.rstrip('/')}/rules")
+    text = f"{body}\n\n{footer}\n"
+    html_body = (
+        '<!doctype html><html><body style="font-family:sans-serif">'
+        f"<h2>{html.escape(title)}</h2><p>{html.escape(body)}</p>"
+        f'<p style="color:#666;font-size:12px">{html.escape(footer)}</p></body></html>'
+    )
+    subject = translate("alert.email_subject_condition", lang, name=name, summary=summary)
     return RenderedAlert(title=title, body=body, text=text, subject=subject, html=html_body)

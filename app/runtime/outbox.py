@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.models.alerts import CHANNEL_EMAIL, CHANNEL_IN_APP, AlertEvent, Delivery
+from app.models.alerts import (
+    CHANNEL_EMAIL,
+    CHANNEL_IN_APP,
+    DELIVERY_SKIPPED,
+    AlertEvent,
+    Delivery,
+)
 from app.models.rules import RULE_TRIGGERED, AlertRule
 from app.models.users import User
+from app.runtime.condition_text import describe, render_text
 from engines.market import change_pct
 from engines.rules.book import Fired
+from engines.rules.conditions import ConditionRuleSpec, QuietHours
+from engines.rules.evaluator import ConditionFired
 
 log = logging.getLogger(__name__)
 
@@ -69,29 +80,159 @@ async def record_firing(
         "change_pct": round(change_pct(fired.price, prev_close), 2) if prev_close else None,
         "fire_no": fired.fire_no,
     }
-    event = AlertEvent(
-        idempotency_key=idempotency_key(fired),
-        rule_id=fired.rule_id,
-        user_id=meta.user_id,
-        symbol=fired.symbol,
-        price=fired.price,
+    return await _write(
+        session,
+        rule,
+        user,
+        key=idempotency_key(fired),
         payload=payload,
+        price=fired.price,
         fired_at=fired.ts,
+        fire_no=fired.fire_no,
+        finished=fired.finished,
+        channels=channels_for(user, email_enabled),
+        quiet=None,
+    )
+
+
+def condition_key(fired: ConditionFired) -> str:
+    return f"cond:{fired.rule_id}:{fired.fire_no}"
+
+
+async def record_condition_firing(
+    session: AsyncSession,
+    fired: ConditionFired,
+    meta: RuleMeta,
+    spec: ConditionRuleSpec,
+    email_enabled: bool,
+) -> AlertEvent | None:
+    """Like ``record_firing``; the text is rendered now, in the owner's language, so
+    every channel and the history carry the same words and values."""
+    user = await session.get(User, meta.user_id)
+    rule = await session.get(AlertRule, fired.rule_id)
+    if user is None or rule is None or not user.is_active:
+        return None
+    change = round(change_pct(fired.price, fired.prev_close), 2) if fired.prev_close else None
+    summaries = {lang: describe(spec, lang) for lang in ("ko", "en")}
+    lang = user.language if user.language in summaries else "ko"
+    text = render_text(
+        template=spec.template,
+        lang=lang,
+        tz_name=user.timezone,
+        symbol=fired.symbol,
+        name=meta.name_en if lang == "en" else meta.name_ko,
+        rule_name=meta.name,
+        summary=summaries[lang],
+        price=fired.price,
+        change_pct=change,
+        values=fired.values,
+        fired_at=fired.ts,
+    )
+    payload: dict[str, Any] = {
+        "kind": "condition",
+        "symbol": fired.symbol,
+        "name_ko": meta.name_ko,
+        "name_en": meta.name_en,
+        "rule_name": meta.name,
+        "summary_ko": summaries["ko"],
+        "summary_en": summaries["en"],
+        "timeframe": spec.timeframe.value,
+        "price": fired.price,
+        "prev_close": fired.prev_close,
+        "change_pct": change,
+        "values": fired.values,
+        "on_close": fired.on_close,
+        "fire_no": fired.fire_no,
+        "lang": lang,
+        "text": text,
+    }
+    wanted = set(spec.channels)
+    channels = [c for c in channels_for(user, email_enabled) if c in wanted or c == CHANNEL_IN_APP]
+    return await _write(
+        session,
+        rule,
+        user,
+        key=condition_key(fired),
+        payload=payload,
+        price=fired.price,
+        fired_at=fired.ts,
+        fire_no=fired.fire_no,
+        finished=fired.finished,
+        channels=channels,
+        quiet=spec.quiet_hours,
+    )
+
+
+async def _write(
+    session: AsyncSession,
+    rule: AlertRule,
+    user: User,
+    *,
+    key: str,
+    payload: dict[str, Any],
+    price: int,
+    fired_at: datetime,
+    fire_no: int,
+    finished: bool,
+    channels: list[str],
+    quiet: QuietHours | None,
+) -> AlertEvent | None:
+    assert rule.id is not None and user.id is not None
+    event = AlertEvent(
+        idempotency_key=key,
+        rule_id=rule.id,
+        user_id=user.id,
+        symbol=rule.symbol,
+        price=price,
+        payload=payload,
+        fired_at=fired_at,
     )
     session.add(event)
     try:
         await session.flush()
         assert event.id is not None
-        for channel in channels_for(user, email_enabled):
-            session.add(Delivery(event_id=event.id, user_id=meta.user_id, channel=channel))
-        rule.fire_count = max(rule.fire_count, fired.fire_no)
-        rule.last_fired_at = fired.ts
-        if fired.finished:
+        held = quiet_until(quiet, user.timezone, fired_at) if quiet else None
+        for channel in channels:
+            delivery = Delivery(event_id=event.id, user_id=user.id, channel=channel)
+            if held is not None and channel != CHANNEL_IN_APP:
+                # The in-app history is silent; only channels that buzz a phone wait.
+                if quiet is not None and quiet.action == "drop":
+                    delivery.status = DELIVERY_SKIPPED
+                    delivery.last_error = "quiet hours"
+                else:
+                    delivery.next_attempt_at = held
+            session.add(delivery)
+        rule.fire_count = max(rule.fire_count, fire_no)
+        rule.last_fired_at = fired_at
+        if finished:
             rule.status = RULE_TRIGGERED
         session.add(rule)
         await session.commit()
     except IntegrityError:
         await session.rollback()
-        log.info("firing %s already recorded", idempotency_key(fired))
+        log.info("firing %s already recorded", key)
         return None
     return event
+
+
+def quiet_until(quiet: QuietHours, tz_name: str, at: datetime) -> datetime | None:
+    """When the quiet window holding ``at`` ends (UTC), or None if ``at`` is outside it.
+
+    Evaluated in the user's time zone, so 22:00-07:00 means their night even when the
+    server runs in UTC; a window with start > end wraps midnight.
+    """
+    try:
+        zone = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("Asia/Seoul")
+    local = at.astimezone(zone)
+    now = local.time()
+    start, end = quiet.start, quiet.end
+    inside = (start <= now < end) if start < end else (now >= start or now < end)
+    if not inside:
+        return None
+    end_day = local.date()
+    if start > end and now >= start:
+        end_day += timedelta(days=1)
+    ends = datetime.combine(end_day, end, tzinfo=zone)
+    return ends.astimezone(UTC)

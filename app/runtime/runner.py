@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -20,20 +20,27 @@ from sqlmodel import col, func, select
 
 from app import db
 from app.config import Settings
+from app.models.common import utcnow
 from app.models.market import Symbol
-from app.models.rules import RULE_ACTIVE, AlertRule
+from app.models.rules import RULE_ACTIVE, RULE_EXPIRED, AlertRule
 from app.models.watchlists import Watchlist, WatchlistItem
 from app.runtime.delivery import DeliveryWorker
-from app.runtime.outbox import RuleMeta, record_firing
+from app.runtime.outbox import RuleMeta, record_condition_firing, record_firing
+from app.services import candles as candle_store
 from app.services import changes
 from brokers.base import BrokerError, MarketData
-from engines.market import Tick, change_pct
+from engines.market import Candle, Tick, change_pct
 from engines.rules.book import Fired, RuleBook
+from engines.rules.conditions import ConditionRuleSpec
+from engines.rules.evaluator import ConditionBook, ConditionFired
 from engines.rules.spec import PriceRuleSpec
 from notifiers.base import Notifier
 
 log = logging.getLogger(__name__)
 KST = ZoneInfo("Asia/Seoul")
+MAX_CANDLE_BACKLOG = 100_000
+"""Closed candles kept for storage while the database is unreachable; beyond this the
+oldest are dropped (and logged): the runner must not grow without bound."""
 
 
 class UiSink(Protocol):
@@ -72,6 +79,8 @@ class Runner:
         self.market = market
         self.ui = ui
         self.book = RuleBook()
+        self.conditions = ConditionBook()
+        self.specs: dict[int, ConditionRuleSpec] = {}
         self.meta: dict[int, RuleMeta] = {}
         self.quotes: dict[str, LiveQuote] = {}
         self.watchers: dict[str, set[int]] = {}
@@ -87,6 +96,9 @@ class Runner:
         self._dirty: set[str] = set()
         self._changed = changes.subscribe()
         self._synced = asyncio.Event()
+        self._candles: list[Candle] = []
+        self._clock: tuple[datetime, float] | None = None  # (last tick ts, loop time)
+        self.candles_stored = 0
 
     # ---- lifecycle -------------------------------------------------------
     async def run(self) -> None:
@@ -94,6 +106,7 @@ class Runner:
             asyncio.create_task(self._sync_loop(), name="runner-sync"),
             asyncio.create_task(self._tick_loop(), name="runner-ticks"),
             asyncio.create_task(self._ui_loop(), name="runner-ui"),
+            asyncio.create_task(self._bar_loop(), name="runner-bars"),
             asyncio.create_task(self.delivery.run(), name="runner-delivery"),
         ]
         try:
@@ -150,6 +163,7 @@ class Runner:
                 log.exception("rule %s has an invalid spec; skipped", rule.id)
                 self._applied[rule.id or 0] = rule.updated_at
                 self.book.remove(rule.id or 0)
+                self.conditions.remove(rule.id or 0)
             if self._watermark is None or rule.updated_at > self._watermark:
                 self._watermark = rule.updated_at
         if watch_rows is not None:
@@ -159,6 +173,19 @@ class Runner:
             self.watchers = watchers
             self._watch_signature = signature  # type: ignore[assignment]
         await self._resubscribe()
+        await self._warm_up()
+
+    async def _warm_up(self) -> None:
+        """Stored candles into newly shared indicators, so a restarted or new rule
+        judges with warm indicators instead of waiting (or misfiring) on cold ones."""
+        requests = self.conditions.warmup_requests()
+        if not requests:
+            return
+        async with db.session() as s:
+            for req in requests:
+                history = await candle_store.recent(s, req.symbol, req.timeframe, req.bars)
+                self.conditions.warm_up(req.symbol, req.timeframe, history)
+        log.info("warmed up %d indicator series", len(requests))
 
     def _apply_rule(self, rule: AlertRule, sym: Symbol) -> None:
         assert rule.id is not None
@@ -167,10 +194,26 @@ class Runner:
         self._applied[rule.id] = rule.updated_at
         if rule.status != RULE_ACTIVE:
             self.book.remove(rule.id)
+            self.conditions.remove(rule.id)
+            self.specs.pop(rule.id, None)
             self.meta.pop(rule.id, None)
             return
-        spec = PriceRuleSpec.model_validate(rule.spec)
-        self.book.add(rule.id, rule.symbol, spec, fire_count=rule.fire_count)
+        if rule.spec.get("kind") == "condition":
+            cspec = ConditionRuleSpec.model_validate(rule.spec)
+            self.book.remove(rule.id)
+            self.conditions.add(
+                rule.id,
+                rule.symbol,
+                cspec,
+                fire_count=rule.fire_count,
+                last_fired_at=rule.last_fired_at,
+            )
+            self.specs[rule.id] = cspec
+        else:
+            spec = PriceRuleSpec.model_validate(rule.spec)
+            self.conditions.remove(rule.id)
+            self.specs.pop(rule.id, None)
+            self.book.add(rule.id, rule.symbol, spec, fire_count=rule.fire_count)
         self.meta[rule.id] = RuleMeta(
             user_id=rule.user_id,
             symbol=rule.symbol,
@@ -180,7 +223,7 @@ class Runner:
         )
 
     async def _resubscribe(self) -> None:
-        wanted = set(self.watchers) | self.book.symbols()
+        wanted = set(self.watchers) | self.book.symbols() | self.conditions.symbols()
         new = wanted - self.subscribed
         gone = self.subscribed - wanted
         if new:
@@ -195,6 +238,7 @@ class Runner:
                 )
                 if self.book.last_price(code) is None:
                     self.book.seed_price(code, quote.price)
+                self.conditions.set_prev_close(code, quote.prev_close)
                 self._dirty.add(code)
             ok = {c for c in new if c in self.quotes}
             await self.market.subscribe(ok)
@@ -230,14 +274,100 @@ class Runner:
             if quote.session_date is not None and day != quote.session_date:
                 with contextlib.suppress(BrokerError):
                     quote.prev_close = (await self.market.quote(tick.symbol)).prev_close
+                    self.conditions.set_prev_close(tick.symbol, quote.prev_close)
             quote.session_date = day
             quote.price = tick.price
             quote.ts = tick.ts
             self._dirty.add(tick.symbol)
+        self._clock = (tick.ts, asyncio.get_running_loop().time())
         fired = self.book.on_tick(tick)
         for f in fired:
             await self._record(f, quote.prev_close if quote else None)
+        await self._conditions_result(self.conditions.on_tick(tick))
         return fired
+
+    async def _conditions_result(self, result: object) -> list[ConditionFired]:
+        closed = getattr(result, "closed", [])
+        if closed:
+            self._candles.extend(closed)
+            if len(self._candles) > MAX_CANDLE_BACKLOG:
+                dropped = len(self._candles) - MAX_CANDLE_BACKLOG
+                del self._candles[:dropped]
+                log.error("candle backlog full; dropped %d unsaved candles", dropped)
+        fired: list[ConditionFired] = getattr(result, "fired", [])
+        for f in fired:
+            await self._record_condition(f)
+        for rule_id in getattr(result, "expired", []):
+            await self._expire(rule_id)
+        return fired
+
+    def market_clock(self) -> datetime | None:
+        """The last tick's time moved on by the real time since: closes the bars of
+        quiet symbols without trusting the wall clock (a replay runs in the past)."""
+        if self._clock is None:
+            return None
+        ts, at = self._clock
+        return ts + timedelta(seconds=asyncio.get_running_loop().time() - at)
+
+    async def _bar_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.bar_close_interval)
+            try:
+                now = self.market_clock()
+                if now is not None:
+                    await self._conditions_result(self.conditions.close_until(now))
+                await self.flush_candles()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("bar close / candle storage pass failed; will retry")
+
+    async def flush_candles(self) -> int:
+        if not self._candles:
+            return 0
+        batch, self._candles = self._candles, []
+        try:
+            async with db.session() as s:
+                written = await candle_store.store(s, batch)
+        except Exception:
+            self._candles[:0] = batch
+            raise
+        self.candles_stored += written
+        return written
+
+    async def _record_condition(self, fired: ConditionFired) -> None:
+        meta = self.meta.get(fired.rule_id)
+        spec = self.specs.get(fired.rule_id)
+        if meta is None or spec is None:
+            return
+        try:
+            async with db.session() as s:
+                event = await record_condition_firing(
+                    s, fired, meta, spec, email_enabled=self.settings.email_enabled
+                )
+        except Exception:
+            log.exception("could not record firing of rule %s", fired.rule_id)
+            return
+        if fired.finished:
+            self.meta.pop(fired.rule_id, None)
+            self.specs.pop(fired.rule_id, None)
+        if event is not None:
+            self.events_recorded += 1
+            self.delivery.wake.set()
+
+    async def _expire(self, rule_id: int) -> None:
+        self.meta.pop(rule_id, None)
+        self.specs.pop(rule_id, None)
+        try:
+            async with db.session() as s:
+                rule = await s.get(AlertRule, rule_id)
+                if rule is not None and rule.status == RULE_ACTIVE:
+                    rule.status = RULE_EXPIRED
+                    rule.updated_at = utcnow()
+                    s.add(rule)
+                    await s.commit()
+        except Exception:
+            log.exception("could not mark rule %s expired", rule_id)
 
     async def _record(self, fired: Fired, prev_close: int | None) -> None:
         meta = self.meta.get(fired.rule_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -27,6 +28,8 @@ class RuleRow:
     name_ko: str
     name_en: str
     rule_name: str
+    kind: str
+    spec: dict[str, Any]
     op: str
     level: int
     repeat: str
@@ -103,7 +106,8 @@ async def list_rows(session: AsyncSession, user_id: int) -> list[RuleRow]:
     )
     out: list[RuleRow] = []
     for rule, sym in (await session.exec(stmt)).all():
-        spec = PriceRuleSpec.model_validate(rule.spec)
+        kind = rule.spec.get("kind", "price")
+        price = PriceRuleSpec.model_validate(rule.spec) if kind == "price" else None
         out.append(
             RuleRow(
                 id=rule.id or 0,
@@ -111,9 +115,11 @@ async def list_rows(session: AsyncSession, user_id: int) -> list[RuleRow]:
                 name_ko=sym.name_ko,
                 name_en=sym.name_en,
                 rule_name=rule.name,
-                op=spec.op.value,
-                level=spec.level,
-                repeat=spec.repeat,
+                kind=kind,
+                spec=rule.spec,
+                op=price.op.value if price else "",
+                level=price.level if price else 0,
+                repeat=price.repeat if price else "",
                 status=rule.status,
                 fire_count=rule.fire_count,
                 last_fired_at=rule.last_fired_at,

@@ -25,6 +25,7 @@ holds the table):
 from __future__ import annotations
 
 import math
+import re
 import string
 from datetime import datetime, time
 from enum import StrEnum
@@ -503,6 +504,7 @@ class ConditionRuleSpec(_Model):
     quiet_hours: QuietHours | None = None
     hysteresis_pct: float = 0.5
     template: str = ""
+    channels: list[str] = Field(default_factory=lambda: ["in_app"])
 
     @field_validator("timeframe", mode="before")
     @classmethod
@@ -515,6 +517,18 @@ class ConditionRuleSpec(_Model):
         if isinstance(value, list) and not 1 <= len(value) <= MAX_CONDITIONS:
             raise _err("conditions_count", "use 1 to {max} conditions", max=MAX_CONDITIONS)
         return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: list[str]) -> list[str]:
+        """Channel names are the app's; the engine only keeps them tidy (order, no twins)."""
+        seen: list[str] = []
+        for name in value:
+            if not re.fullmatch(r"[a-z_]{1,16}", name) or len(seen) >= 8:
+                raise _err("bad_choice", "unknown channel {name}", name=name)
+            if name not in seen:
+                seen.append(name)
+        return seen
 
     @field_validator("expires_at")
     @classmethod

@@ -77,7 +77,14 @@ def idx(fired: list[tuple[int, bool]]) -> list[int]:
 
 # ---- crossings, states and the frequency modes -----------------------------------
 
-CROSS_TICKS = [(0, 69_900), (0.2, 70_100), (0.4, 69_800), (0.6, 70_200), (1.1, 69_900), (1.3, 70_100)]
+CROSS_TICKS = [
+    (0, 69_900),
+    (0.2, 70_100),
+    (0.4, 69_800),
+    (0.6, 70_200),
+    (1.1, 69_900),
+    (1.3, 70_100),
+]
 
 
 @pytest.mark.parametrize(
@@ -228,7 +235,16 @@ def test_volume_spike_against_previous_bars():
 def _daily(highs: list[int]) -> list[Candle]:
     start = DAY - timedelta(days=len(highs))
     return [
-        Candle(SYM, Timeframe.D1, (start + timedelta(days=i)).astimezone(UTC), h - 5, h, h - 10, h - 5, 1_000)
+        Candle(
+            SYM,
+            Timeframe.D1,
+            (start + timedelta(days=i)).astimezone(UTC),
+            h - 5,
+            h,
+            h - 10,
+            h - 5,
+            1_000,
+        )
         for i, h in enumerate(highs)
     ]
 
@@ -296,9 +312,7 @@ def test_a_cold_indicator_never_fires():
 
 
 def test_warm_up_makes_the_rule_live_from_the_first_bar():
-    history = [
-        Candle(SYM, Timeframe.M1, at(-10 + i), 100, 100, 100, 100, 10) for i in range(10)
-    ]
+    history = [Candle(SYM, Timeframe.M1, at(-10 + i), 100, 100, 100, 100, 10) for i in range(10)]
     rule = spec(cmp(ind("sma", window=5), "less", const(101)), frequency="once_per_bar_close")
     assert run(rule, [(0, 100), (1, 100)], history={Timeframe.M1: history}) == [(1, True)]
 
