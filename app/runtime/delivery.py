@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, update
 from sqlmodel import col, select
@@ -51,12 +51,15 @@ class DeliveryWorker:
         notifiers: dict[str, Notifier],
         in_app_push: InAppPush | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
         self.notifiers = notifiers
         self.in_app_push = in_app_push
         self.wake = asyncio.Event()
         self._rng = rng or random.Random()
+        # Injected so quiet hours and backoff can be tested without waiting them out.
+        self.clock = clock
 
     def backoff(self, attempts: int) -> float:
         """Exponential with full jitter, capped at an hour."""
@@ -79,7 +82,7 @@ class DeliveryWorker:
             self.wake.clear()
 
     async def _claim(self) -> list[int]:
-        now = utcnow()
+        now = self.clock()
         async with db.session() as s:
             due = (
                 await s.exec(
@@ -168,7 +171,7 @@ class DeliveryWorker:
         return Delivered()
 
     def _apply(self, delivery: Delivery, outcome: Delivered | Retryable | PermanentFailure) -> None:
-        now = utcnow()
+        now = self.clock()
         if isinstance(outcome, Delivered):
             delivery.status = DELIVERY_SENT
             delivery.sent_at = now

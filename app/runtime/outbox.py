@@ -22,6 +22,7 @@ from app.models.alerts import (
     AlertEvent,
     Delivery,
 )
+from app.models.common import utcnow
 from app.models.rules import RULE_TRIGGERED, AlertRule
 from app.models.users import User
 from app.runtime.condition_text import describe, render_text
@@ -193,7 +194,11 @@ async def _write(
         assert event.id is not None
         held = quiet_until(quiet, user.timezone, fired_at) if quiet else None
         for channel in channels:
-            delivery = Delivery(event_id=event.id, user_id=user.id, channel=channel)
+            # Due from the firing (a broker clock a little ahead must not delay it).
+            due = min(fired_at, utcnow())
+            delivery = Delivery(
+                event_id=event.id, user_id=user.id, channel=channel, next_attempt_at=due
+            )
             if held is not None and channel != CHANNEL_IN_APP:
                 # The in-app history is silent; only channels that buzz a phone wait.
                 if quiet is not None and quiet.action == "drop":
