@@ -9,6 +9,7 @@ from engines.indicators.base import MAX_WINDOW, Indicator
 from engines.indicators.extremes import BARS_PER_WEEK, High52W, Highest, Low52W, Lowest
 from engines.indicators.moving import EMA, SMA, WMA, VolumeSMA
 from engines.indicators.oscillators import MACD, RSI, MACDValue, Stochastic, StochValue
+from engines.indicators.pivots import PivotHigh, PivotLow
 from engines.indicators.registry import INDICATOR_NAMES, indicator_key, make_indicator
 from engines.indicators.volatility import ATR, Bollinger, BollingerValue
 from engines.indicators.volume import OBV, VWAP
@@ -33,6 +34,8 @@ __all__ = [
     "Low52W",
     "Lowest",
     "MACDValue",
+    "PivotHigh",
+    "PivotLow",
     "StochValue",
     "Stochastic",
     "VolumeSMA",

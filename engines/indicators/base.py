@@ -15,9 +15,12 @@ within 1e-9 (relative) of ``ta`` on any series length.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
-from typing import ClassVar, Generic, TypeVar
+from collections.abc import Callable, Iterator
+from itertools import chain, islice
+from typing import Any, ClassVar, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -70,6 +73,12 @@ class Indicator(Generic[T]):
 
     Inputs must be finite numbers; updates do not check them (it would cost every bar
     of every indicator), the candle aggregator upstream does.
+
+    ``peek(...)`` takes the same inputs as ``update`` and returns what ``update`` would
+    return, without committing the bar: alert rules evaluated on every tick need the
+    value "as if the still-forming bar closed now", and the bar may yet change. The
+    default here updates a deep copy (O(state)); the indicators override it with an
+    O(1) mirror of their ``update`` that reads the state and writes nothing.
     """
 
     __slots__ = ("value", "warmup")
@@ -97,8 +106,29 @@ class Indicator(Generic[T]):
         args = ",".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{self.name}({args})"
 
+    def peek(self, *inputs: Any) -> T | None:
+        """What ``update(*inputs)`` would return, leaving this indicator unchanged.
+
+        The generic way: update a deep copy. ``copy.deepcopy`` copies ``__slots__``
+        objects correctly (Python 3.11's ``object.__getstate__`` returns the slot
+        values), including the nested helpers (``RollingSum``...) and their deques, so
+        the copy shares no mutable state with ``self``. It costs O(window) per call;
+        subclasses override it with O(1) arithmetic that must agree exactly, and the
+        tests compare every override against this path.
+        """
+        clone: Any = copy.deepcopy(self)
+        result: T | None = clone.update(*inputs)
+        return result
+
     def __repr__(self) -> str:
         return f"<{self.key} value={self.value!r}>"
+
+
+def _after_push(buf: deque[float], window: int, x: float) -> Callable[[], Iterator[float]]:
+    """A factory of iterators over ``buf`` as it would be after pushing ``x`` (the
+    oldest value evicted if ``buf`` holds ``window`` values), without copying it."""
+    start = 1 if len(buf) == window else 0
+    return lambda: chain(islice(buf, start, None), (x,))
 
 
 _TIGHT = 2.0**-20
@@ -120,6 +150,10 @@ class RollingSum:
     def full(self) -> bool:
         return len(self.buf) == self.window
 
+    def full_after_push(self) -> bool:
+        """Whether the window will be full once one more value is pushed."""
+        return len(self.buf) + 1 >= self.window
+
     def push(self, x: float) -> None:
         buf = self.buf
         if len(buf) == self.window:
@@ -131,6 +165,21 @@ class RollingSum:
         if not self._until_exact:
             self._until_exact = self.window
             self.total = math.fsum(buf)
+
+    def peek(self, x: float) -> float:
+        """``total`` as it would be after ``push(x)``, changing nothing.
+
+        Same operations in the same order as ``push``, so the result is identical. On
+        the push that re-adds the window exactly, the exact sum is taken over the
+        would-be window (``fsum`` is correctly rounded, so the order does not matter):
+        O(window) on one bar in ``window``, like ``push`` itself.
+        """
+        buf = self.buf
+        if self._until_exact == 1:
+            return math.fsum(_after_push(buf, self.window, x)())
+        if len(buf) == self.window:
+            return self.total + (x - buf[0])
+        return self.total + x
 
 
 class RollingMoments:
@@ -187,13 +236,10 @@ class RollingMoments:
 
     def _resum(self) -> None:
         """Re-centre ``shift`` on the window mean and re-add both sums exactly."""
-        buf = self.buf
         self._until_exact = self.window
         self.exact_resums += 1
-        shift = math.fsum(buf) / len(buf)
-        self.shift = shift
-        self.s1 = math.fsum(v - shift for v in buf)
-        self.s2 = math.fsum((v - shift) * (v - shift) for v in buf)
+        buf = self.buf
+        self.shift, self.s1, self.s2 = _exact_sums(lambda: iter(buf), len(buf))
 
     def mean_std(self) -> tuple[float, float]:
         """Mean and population (ddof=0) standard deviation of the values held."""
@@ -205,6 +251,49 @@ class RollingMoments:
             m1 = self.s1 / n
             var = self.s2 / n - m1 * m1
         return self.shift + m1, math.sqrt(var) if var > 0 else 0.0
+
+    def peek_mean_std(self, x: float) -> tuple[float, float]:
+        """What ``push(x)`` then ``mean_std()`` would return, changing nothing.
+
+        Mirrors both step by step, including the periodic and the tight-window
+        re-sums (done over the would-be window, without copying it), so the result is
+        identical. O(1) except on the bars where ``push`` itself would re-sum.
+        """
+        buf = self.buf
+        shift = self.shift if buf else x
+        d = x - shift
+        if len(buf) == self.window:
+            o = buf[0] - shift
+            s1 = self.s1 + (d - o)
+            s2 = self.s2 + (d * d - o * o)
+            n = self.window
+        else:
+            s1 = self.s1 + d
+            s2 = self.s2 + d * d
+            n = len(buf) + 1
+        values = _after_push(buf, self.window, x)
+        if self._until_exact == 1:
+            shift, s1, s2 = _exact_sums(values, n)
+        m1 = s1 / n
+        var = s2 / n - m1 * m1
+        if var < m1 * m1 * _TIGHT:
+            shift, s1, s2 = _exact_sums(values, n)
+            m1 = s1 / n
+            var = s2 / n - m1 * m1
+        return shift + m1, math.sqrt(var) if var > 0 else 0.0
+
+
+def _exact_sums(values: Callable[[], Iterator[float]], n: int) -> tuple[float, float, float]:
+    """(shift, s1, s2) re-added exactly over ``n`` values, ``shift`` their mean.
+
+    ``values`` makes a fresh iterator per pass (three passes), so callers can hand a
+    live buffer or a would-be window without materializing it. ``fsum`` is correctly
+    rounded, hence independent of the order of the values.
+    """
+    shift = math.fsum(values()) / n
+    s1 = math.fsum(v - shift for v in values())
+    s2 = math.fsum((v - shift) * (v - shift) for v in values())
+    return shift, s1, s2
 
 
 class RollingExtreme:
@@ -240,3 +329,32 @@ class RollingExtreme:
             q.popleft()
         self._count = i + 1
         return self._sign * q[0][1]
+
+    def full_after_push(self) -> bool:
+        """Whether the window will be full once one more value is pushed."""
+        return self._count + 1 >= self.window
+
+    def peek(self, x: float) -> float:
+        """What ``push(x)`` would return, changing nothing. O(1).
+
+        ``push`` pops from the back every value ``<= v`` and then evicts at most one
+        expired front entry (indices advance by one per push). So, with the deque
+        strictly decreasing from the front:
+
+        * ``v >= front``: everything is popped, the result is ``v``;
+        * otherwise the front survives the pops; if it is not expired it is the
+          result, and if it is, the new front is the second entry when that survives
+          the pops (``> v``), else ``v`` itself.
+
+        The same comparisons as ``push`` decide, so even ``-0.0`` against ``0.0``
+        comes out the same.
+        """
+        v = self._sign * x
+        q = self._q
+        if not q or q[0][1] <= v:
+            return self._sign * v
+        if q[0][0] > self._count - self.window:
+            return self._sign * q[0][1]
+        if len(q) > 1 and q[1][1] > v:
+            return self._sign * q[1][1]
+        return self._sign * v

@@ -36,6 +36,12 @@ class Highest(Indicator[float]):
             self.value = top
         return self.value
 
+    def peek(self, high: float) -> float | None:
+        """``update(high)`` without committing it: O(1) (``RollingExtreme.peek``)."""
+        if self._max.full_after_push():
+            return self._max.peek(high)
+        return self.value
+
 
 class Lowest(Indicator[float]):
     """Lowest low of the last ``window`` bars (amortized O(1): monotonic deque)."""
@@ -55,6 +61,12 @@ class Lowest(Indicator[float]):
         bottom = self._min.push(low)
         if self._min.full:
             self.value = bottom
+        return self.value
+
+    def peek(self, low: float) -> float | None:
+        """``update(low)`` without committing it: O(1) (``RollingExtreme.peek``)."""
+        if self._min.full_after_push():
+            return self._min.peek(low)
         return self.value
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import chain, islice
 
 from engines.indicators.base import Indicator, RollingSum, check_window
 
@@ -39,6 +40,13 @@ class SMA(Indicator[float]):
             self.value = s.total / self.window
         return self.value
 
+    def peek(self, close: float) -> float | None:
+        """``update(close)`` without committing it: O(1) (see ``RollingSum.peek``)."""
+        s = self._sum
+        if s.full_after_push():
+            return s.peek(close) / self.window
+        return self.value
+
 
 class VolumeSMA(SMA):
     """Moving average of volume over ``window`` bars (e.g. "volume above 2x its 20-bar
@@ -50,6 +58,9 @@ class VolumeSMA(SMA):
 
     def update(self, volume: float) -> float | None:  # type: ignore[override]
         return super().update(volume)
+
+    def peek(self, volume: float) -> float | None:  # type: ignore[override]
+        return super().peek(volume)
 
 
 class EMA(Indicator[float]):
@@ -78,6 +89,17 @@ class EMA(Indicator[float]):
         self._count += 1
         if self._count >= self.window:
             self.value = self._ema
+        return self.value
+
+    def peek(self, close: float) -> float | None:
+        """``update(close)`` without committing it: the same recursion, one step, O(1)."""
+        if self._count:
+            a = self._alpha
+            ema = (1.0 - a) * self._ema + a * close
+        else:
+            ema = close
+        if self._count + 1 >= self.window:
+            return ema
         return self.value
 
 
@@ -122,3 +144,23 @@ class WMA(Indicator[float]):
         if len(buf) == n:
             self.value = self._num * 2.0 / (n * (n + 1))
         return self.value
+
+    def peek(self, close: float) -> float | None:
+        """``update(close)`` without committing it: the same sums, one step.
+
+        O(1), except on the bar whose close re-sums exactly (one in ``window``), where
+        the exact sums are taken over the would-be window, as ``update`` would.
+        """
+        buf = self._buf
+        n = self.window
+        full = len(buf) == n
+        if not full and len(buf) + 1 < n:
+            return self.value
+        if self._until_exact == 1:
+            after = chain(islice(buf, 1 if full else 0, None), (close,))
+            num = math.fsum(i * x for i, x in enumerate(after, 1))
+        elif full:
+            num = self._num + (n * close - self._total)
+        else:
+            num = self._num + (len(buf) + 1) * close
+        return num * 2.0 / (n * (n + 1))

@@ -82,6 +82,21 @@ class RSI(Indicator[float]):
             self.value = 100.0 if down == 0 else 100.0 - 100.0 / (1.0 + self._up / down)
         return self.value
 
+    def peek(self, close: float) -> float | None:
+        """``update(close)`` without committing it: one smoothing step, O(1)."""
+        if self._count + 1 < self.window:
+            return self.value
+        prev = self._prev
+        up, down = self._up, self._down
+        if prev is not None:
+            change = close - prev
+            gain = change if change > 0 else 0.0
+            loss = -change if change < 0 else 0.0
+            a = self._alpha
+            up = (1.0 - a) * up + a * gain
+            down = (1.0 - a) * down + a * loss
+        return 100.0 if down == 0 else 100.0 - 100.0 / (1.0 + up / down)
+
 
 class MACD(Indicator[MACDValue]):
     """MACD line (EMA fast - EMA slow), its signal line, and the histogram.
@@ -118,6 +133,18 @@ class MACD(Indicator[MACDValue]):
         signal = self._signal.update(line)
         if signal is not None:
             self.value = MACDValue(line, signal, line - signal)
+        return self.value
+
+    def peek(self, close: float) -> MACDValue | None:
+        """``update(close)`` without committing it: the three EMAs peeked, O(1)."""
+        fast = self._fast.peek(close)
+        slow = self._slow.peek(close)
+        if fast is None or slow is None:
+            return None
+        line = fast - slow
+        signal = self._signal.peek(line)
+        if signal is not None:
+            return MACDValue(line, signal, line - signal)
         return self.value
 
 
@@ -159,4 +186,18 @@ class Stochastic(Indicator[StochValue]):
         d.push(k)
         if d.full:
             self.value = StochValue(k, d.total / self.smooth)
+        return self.value
+
+    def peek(self, high: float, low: float, close: float) -> StochValue | None:
+        """``update(high, low, close)`` without committing it: amortized O(1) (see
+        ``RollingExtreme.peek`` and ``RollingSum.peek``)."""
+        top = self._high.peek(high)
+        bottom = self._low.peek(low)
+        if self._count + 1 < self.window:
+            return None
+        span = top - bottom
+        k = 100.0 * (close - bottom) / span if span else 50.0
+        d = self._d
+        if d.full_after_push():
+            return StochValue(k, d.peek(k) / self.smooth)
         return self.value

@@ -17,6 +17,7 @@ from engines.indicators.base import Indicator
 from engines.indicators.extremes import High52W, Highest, Low52W, Lowest
 from engines.indicators.moving import EMA, SMA, WMA, VolumeSMA
 from engines.indicators.oscillators import MACD, RSI, Stochastic
+from engines.indicators.pivots import PivotHigh, PivotLow
 from engines.indicators.volatility import ATR, Bollinger
 from engines.indicators.volume import OBV, VWAP
 
@@ -36,6 +37,8 @@ _CLASSES: tuple[type[Indicator[Any]], ...] = (
     High52W,
     Low52W,
     VolumeSMA,
+    PivotHigh,
+    PivotLow,
 )
 
 REGISTRY: dict[str, type[Indicator[Any]]] = {cls.name: cls for cls in _CLASSES}

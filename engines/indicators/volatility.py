@@ -48,6 +48,16 @@ class Bollinger(Indicator[BollingerValue]):
             self.value = BollingerValue(mid, mid + width, mid - width)
         return self.value
 
+    def peek(self, close: float) -> BollingerValue | None:
+        """``update(close)`` without committing it (see ``RollingMoments.peek_mean_std``:
+        O(1) except where ``update`` itself would re-sum exactly)."""
+        m = self._moments
+        if len(m.buf) + 1 < self.window:
+            return self.value
+        mid, std = m.peek_mean_std(close)
+        width = self.num_std * std
+        return BollingerValue(mid, mid + width, mid - width)
+
 
 class ATR(Indicator[float]):
     """Average true range with Wilder's smoothing: ``atr = (atr * (n - 1) + tr) / n``.
@@ -89,3 +99,17 @@ class ATR(Indicator[float]):
             self._atr = (self._atr * (n - 1) + tr) / n
             self.value = self._atr
         return self.value
+
+    def peek(self, high: float, low: float, close: float) -> float | None:
+        """``update(high, low, close)`` without committing it: one step, O(1)."""
+        prev = self._prev_close
+        tr = high - low
+        if prev is not None:
+            tr = max(tr, abs(high - prev), abs(low - prev))
+        n = self.window
+        count = self._count + 1
+        if count < n:
+            return self.value
+        if count == n:
+            return (self._atr + tr) / n
+        return (self._atr * (n - 1) + tr) / n

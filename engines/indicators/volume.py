@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
+from enum import Enum
 
 from engines.indicators.base import Indicator
 
-_NO_SESSION = object()
+
+class _NoSession(Enum):
+    """Sentinel type for "no session yet". An enum member, not a bare ``object()``,
+    because ``copy.deepcopy`` (the generic ``peek``) returns enum members themselves
+    but makes a *new* ``object()``, and a sentinel should keep its identity."""
+
+    TOKEN = 0
+
+
+_NO_SESSION = _NoSession.TOKEN
 
 
 class VWAP(Indicator[float]):
@@ -52,6 +62,20 @@ class VWAP(Indicator[float]):
             self.value = self._pv / self._volume
         return self.value
 
+    def peek(
+        self, high: float, low: float, close: float, volume: float, session: Hashable
+    ) -> float | None:
+        """``update(...)`` without committing it: O(1). Rejects a negative volume too."""
+        if volume < 0:
+            raise ValueError(f"volume must be >= 0, got {volume}")
+        if session != self._session:
+            pv, total, value = 0.0, 0.0, None
+        else:
+            pv, total, value = self._pv, self._volume, self.value
+        pv += (high + low + close) / 3.0 * volume
+        total += volume
+        return pv / total if total > 0 else value
+
 
 class OBV(Indicator[float]):
     """On-balance volume: a running total that adds the bar's volume when the close
@@ -77,3 +101,9 @@ class OBV(Indicator[float]):
         self._prev = close
         self.value = total - volume if prev is not None and close < prev else total + volume
         return self.value
+
+    def peek(self, close: float, volume: float) -> float | None:
+        """``update(close, volume)`` without committing it: O(1)."""
+        total = 0.0 if self.value is None else self.value
+        prev = self._prev
+        return total - volume if prev is not None and close < prev else total + volume
