@@ -329,3 +329,22 @@ def test_shared_indicator_instances():
     book.remove(2)
     book.remove(3)
     assert book._shared == {} and book._by_bar == {}
+
+
+def test_tick_rules_read_indicators_on_the_forming_bar():
+    # SMA(2) over closes 100, 100 and the forming bar: 101.5 once a print of 103 arrives.
+    ticks = [(0, 100), (1, 100), (2, 100), (2.5, 102), (2.7, 103), (2.9, 104), (3.1, 90)]
+    rule = spec(cmp(ind("sma", window=2), "greater", const(101)), frequency="once_per_bar")
+    assert run(rule, ticks) == [(4, False)]
+    # The same rule on bar closes sees bar 2 close at 104: (100 + 104) / 2 = 102 > 101.
+    on_close = spec(
+        cmp(ind("sma", window=2), "greater", const(101)), frequency="once_per_bar_close"
+    )
+    assert run(on_close, ticks) == [(6, True)]
+
+
+def test_higher_timeframe_operand_on_a_minute_rule():
+    # A 5-minute SMA(1) is the forming 5-minute bar's close: the last price.
+    ticks = [(0, 100), (1, 101), (2, 105), (3, 99)]
+    rule = spec(cmp(ind("sma", tf="5m", window=1), "greater", const(104)))
+    assert idx(run(rule, ticks)) == [2]
