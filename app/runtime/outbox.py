@@ -43,6 +43,9 @@ class RuleMeta:
     name: str
     name_ko: str
     name_en: str
+    revision: str = ""
+    """Which edit of the rule fired (its ``updated_at`` in ms). An edit restarts the
+    fire count, so the key needs it to stay unique: ``cond:<rule>:<revision>:<n>``."""
 
 
 def idempotency_key(fired: Fired) -> str:
@@ -96,8 +99,8 @@ async def record_firing(
     )
 
 
-def condition_key(fired: ConditionFired) -> str:
-    return f"cond:{fired.rule_id}:{fired.fire_no}"
+def condition_key(fired: ConditionFired, revision: str) -> str:
+    return f"cond:{fired.rule_id}:{revision}:{fired.fire_no}"
 
 
 async def record_condition_firing(
@@ -153,7 +156,7 @@ async def record_condition_firing(
         session,
         rule,
         user,
-        key=condition_key(fired),
+        key=condition_key(fired, meta.revision),
         payload=payload,
         price=fired.price,
         fired_at=fired.ts,

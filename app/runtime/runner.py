@@ -220,6 +220,7 @@ class Runner:
             name=rule.name,
             name_ko=sym.name_ko,
             name_en=sym.name_en,
+            revision=str(int(rule.updated_at.timestamp() * 1000)),
         )
 
     async def _resubscribe(self) -> None:

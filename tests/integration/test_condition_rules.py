@@ -327,7 +327,8 @@ async def test_rsi_rule_warms_up_from_stored_candles(warm):
     if not warm:
         assert events == []  # a cold RSI(14) needs 14 bars; two minutes cannot fire it
         return
-    assert [e.idempotency_key for e in events][:1] == [f"cond:{rule.id}:1"]
+    revision = int(rule.updated_at.timestamp() * 1000)
+    assert [e.idempotency_key for e in events][:1] == [f"cond:{rule.id}:{revision}:1"]
     payload = events[0].payload
     assert payload["kind"] == "condition" and payload["on_close"] is True
     assert payload["values"]["RSI(14)"] < 30
@@ -436,3 +437,44 @@ async def test_unknown_rule_id_is_not_found():
     async with db.session() as s:
         with pytest.raises(NotFound):
             await condition_rules.edit_form(s, user, 999_999)
+
+
+async def test_rules_added_disabled_and_edited_take_effect_on_the_next_tick():
+    await seed_symbols()
+    user = await make_user()
+    path = ticks("005930", [69_000, 69_500, 70_500, 69_000, 70_600, 69_000, 70_700, 69_000, 71_000])
+    runner = Runner(settings(), ReplayMarket(path, SYMBOLS, prev_close={"005930": 69_000}))
+    async with db.session() as s:
+        from app.services import watchlist
+
+        await watchlist.add(s, user.id, "005930")
+    await runner.sync_once()
+    await runner.handle_tick(path[0])
+    async with db.session() as s:
+        rule = await condition_rules.create(
+            s, user, form(**{"c0.op": "crossing_up", "c0.right": "70,000"}), now=NOW
+        )
+    await runner.sync_once()
+    await runner.handle_tick(path[1])
+    await runner.handle_tick(path[2])  # crosses 70,000: fires
+    assert len(await _events()) == 1
+    async with db.session() as s:
+        await condition_rules.set_enabled(s, user.id, rule.id, False)
+    await runner.sync_once()
+    await runner.handle_tick(path[3])
+    await runner.handle_tick(path[4])  # would cross again, but the rule is disabled
+    assert len(await _events()) == 1
+    async with db.session() as s:
+        await condition_rules.set_enabled(s, user.id, rule.id, True)
+        edited = form(**{"c0.op": "crossing_up", "c0.right": "70,650"})
+        await condition_rules.update(s, user, rule.id, edited, now=NOW)
+    await runner.sync_once()
+    await runner.handle_tick(path[5])
+    await runner.handle_tick(path[6])  # 70,700 crosses the edited level
+    events = await _events()
+    assert len(events) == 2
+    # An edit restarts the count: a new question, so a new idempotency key series.
+    assert (
+        events[-1].payload["fire_no"] == 1
+        and events[-1].idempotency_key != events[0].idempotency_key
+    )
