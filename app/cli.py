@@ -17,9 +17,11 @@ from app import db
 from app.config import PROJECT_ROOT, get_settings
 from app.logging_setup import configure_logging
 from app.models.audit import OUTCOME_FAILED, OUTCOME_OK
-from app.services import audit, auth, symbols, vault, watchlist
+from app.models.common import utcnow
+from app.services import audit, auth, demo_history, symbols, vault, watchlist
 from app.vault_keys import SOURCE_FILE, VaultConfigError, load_key_ring, write_key_file
 from brokers.paper.market import SimulatedMarket
+from brokers.paper.symbols import SYMBOLS
 
 log = logging.getLogger("app.cli")
 DEMO_WATCHLIST = ("000660", "035420", "035720")
@@ -76,6 +78,9 @@ async def seed_demo() -> tuple[str, str]:
             user.password_hash = auth.hash_password(password)
             s.add(user)
             await s.commit()
+        # Synthetic past for every demo symbol, so indicators warm up and rule
+        # previews have bars at once; only empty series are filled, so reruns are no-ops.
+        await demo_history.backfill(s, SYMBOLS, utcnow(), seed=settings.market_seed)
     await db.dispose()
     return settings.demo_email, password
 
@@ -246,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.cli")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("migrate", help="apply all alembic migrations")
-    sub.add_parser("seed-demo", help="symbol master, demo user and watchlist")
+    sub.add_parser(
+        "seed-demo", help="symbol master, demo user and watchlist, synthetic candle history"
+    )
     role = sub.add_parser("set-role", help="make a user an admin, or a user again")
     role.add_argument("email")
     role.add_argument("role", choices=["user", "admin"])

@@ -4,6 +4,7 @@ import app.models.identities  # noqa: F401
 import app.models.vault  # noqa: F401
 from app.models.alerts import AlertEvent, Delivery
 from app.models.audit import AuditEntry
+from app.models.candles import StoredCandle
 from app.models.market import Symbol
 from app.models.rules import AlertRule
 from app.models.users import User, UserSession
@@ -14,6 +15,7 @@ __all__ = [
     "AlertRule",
     "AuditEntry",
     "Delivery",
+    "StoredCandle",
     "Symbol",
     "User",
     "UserSession",
