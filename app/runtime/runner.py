@@ -41,6 +41,8 @@ KST = ZoneInfo("Asia/Seoul")
 MAX_CANDLE_BACKLOG = 100_000
 """Closed candles kept for storage while the database is unreachable; beyond this the
 oldest are dropped (and logged): the runner must not grow without bound."""
+PRUNE_EVERY = 3600.0
+"""Seconds between retention passes over stored candles (see ``candles.RETENTION``)."""
 
 
 class UiSink(Protocol):
@@ -311,6 +313,8 @@ class Runner:
         return ts + timedelta(seconds=asyncio.get_running_loop().time() - at)
 
     async def _bar_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        pruned_at = loop.time()
         while True:
             await asyncio.sleep(self.settings.bar_close_interval)
             try:
@@ -318,6 +322,11 @@ class Runner:
                 if now is not None:
                     await self._conditions_result(self.conditions.close_until(now))
                 await self.flush_candles()
+                if loop.time() - pruned_at >= PRUNE_EVERY:
+                    pruned_at = loop.time()
+                    async with db.session() as s:
+                        removed = await candle_store.prune(s, utcnow())
+                    log.info("pruned old candles: %s", removed)
             except asyncio.CancelledError:
                 raise
             except Exception:
