@@ -17,6 +17,7 @@ from app.config import Settings, get_settings
 from app.logging_setup import configure_logging
 from app.pages.admin import admin_audit_page, admin_status_page, admin_users_page
 from app.pages.brokers import brokers_page
+from app.pages.builder import builder_page
 from app.pages.history import history_page
 from app.pages.login import login_page
 from app.pages.rules import rules_page
@@ -26,6 +27,7 @@ from app.runtime.runner import Runner, set_current_runner
 from app.services import symbols as symbols_service
 from app.states.admin import AdminState
 from app.states.brokers import BrokersState
+from app.states.builder import RuleBuilderState
 from app.states.live import LiveState, ReflexUiSink
 from app.states.pages import HistoryState, RulesState
 from app.states.session import SessionState
@@ -105,6 +107,12 @@ _private = [SessionState.guard, LiveState.connect]
 app.add_page(login_page, route="/login", title="Tickwatch")
 app.add_page(watchlist_page, route="/", title="Tickwatch", on_load=_private)
 app.add_page(rules_page, route="/rules", title="Tickwatch", on_load=[*_private, RulesState.load])
+app.add_page(
+    builder_page,
+    route="/rules/new",
+    title="Tickwatch",
+    on_load=[*_private, RuleBuilderState.load],
+)
 app.add_page(
     history_page, route="/alerts", title="Tickwatch", on_load=[*_private, HistoryState.load]
 )

@@ -1,4 +1,4 @@
-"""Price alert rules: a form that refuses bad input field by field, and the list."""
+"""Alert rules: the quick price-alert form, the list, and the way to the condition builder."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import reflex as rx
 
 from app.components.i18n import t
 from app.components.layout import error_text, notice_text, page_frame
+from app.states.builder import RuleActionsState
 from app.states.pages import RulesState
 
 OPS = ("cross_up", "cross_down", "cross", "above", "below")
@@ -97,13 +98,17 @@ def _form() -> rx.Component:
     )
 
 
+def _row_button(label_key: str, event: rx.event.EventSpec, class_name: str) -> rx.Component:
+    return rx.button(t(label_key), on_click=event, variant="soft", size="1", class_name=class_name)
+
+
 def _row(row: rx.Var) -> rx.Component:
     return rx.flex(
         rx.flex(
             rx.text(
                 row["name"], " ", rx.text.span(row["code"], color="var(--gray-10)"), weight="bold"
             ),
-            rx.text(row["condition"], " ", row["level"], size="2"),
+            rx.text(row["condition"], " ", row["level"], size="2", class_name="rule-summary"),
             rx.text(
                 row["rule_name"],
                 " ",
@@ -114,22 +119,54 @@ def _row(row: rx.Var) -> rx.Component:
                 color="var(--gray-10)",
             ),
             direction="column",
-            flex="1",
+            flex="1 1 240px",
             min_width="0",
         ),
-        rx.badge(
-            row["status_text"],
-            color_scheme=rx.cond(row["status"] == "active", "green", "gray"),
-        ),
-        rx.button(
-            t("rules.delete"),
-            on_click=RulesState.delete(row["id"]),
-            variant="soft",
-            color_scheme="red",
-            size="1",
+        rx.flex(
+            rx.cond(
+                row["kind"] == "condition",
+                rx.badge(t("rules.kind.condition"), variant="outline", color_scheme="indigo"),
+            ),
+            rx.badge(
+                row["status_text"],
+                color_scheme=rx.cond(row["status"] == "active", "green", "gray"),
+                class_name="rule-status",
+            ),
+            rx.cond(
+                row["kind"] == "condition",
+                rx.button(
+                    rx.link(
+                        t("rules.edit"),
+                        href="/rules/new?edit=" + row["id"].to(str),
+                        class_name="rule-edit",
+                        underline="none",
+                    ),
+                    as_child=True,
+                    variant="soft",
+                    size="1",
+                ),
+            ),
+            rx.cond(
+                row["status"] == "active",
+                _row_button("rules.disable", RuleActionsState.toggle(row["id"]), "rule-toggle"),
+                _row_button("rules.enable", RuleActionsState.toggle(row["id"]), "rule-toggle"),
+            ),
+            _row_button("rules.duplicate", RuleActionsState.duplicate(row["id"]), "rule-duplicate"),
+            rx.button(
+                t("rules.delete"),
+                on_click=RulesState.delete(row["id"]),
+                variant="soft",
+                color_scheme="red",
+                size="1",
+                class_name="rule-delete",
+            ),
+            spacing="2",
+            align="center",
+            wrap="wrap",
         ),
         align="center",
         spacing="3",
+        wrap="wrap",
         padding="12px",
         border_bottom="1px solid var(--gray-a4)",
         class_name="rule-row",
@@ -138,7 +175,26 @@ def _row(row: rx.Var) -> rx.Component:
 
 def rules_page() -> rx.Component:
     return page_frame(
-        rx.heading(t("rules.title"), size="6"),
+        rx.flex(
+            rx.heading(t("rules.title"), size="6"),
+            rx.spacer(),
+            rx.button(
+                rx.link(
+                    t("rules.new_condition"),
+                    href="/rules/new",
+                    id="new-condition-rule",
+                    underline="none",
+                ),
+                as_child=True,
+                size="3",
+            ),
+            align="center",
+            spacing="3",
+            wrap="wrap",
+        ),
+        rx.text(t("rules.condition_hint"), size="2", color="var(--gray-11)", margin_top="4px"),
+        notice_text(RuleActionsState.notice, "rules-action-notice"),
+        error_text(RuleActionsState.error, "rules-action-error"),
         rx.card(
             rx.heading(t("rules.new"), size="3", margin_bottom="8px"),
             _form(),
@@ -152,6 +208,7 @@ def rules_page() -> rx.Component:
                 rx.text(t("rules.empty"), color="var(--gray-10)", padding="12px"),
             ),
             margin_top="12px",
+            padding_bottom="120px",  # the last row's buttons can scroll above the alert toast
             id="rules-list",
         ),
     )

@@ -8,6 +8,7 @@ import reflex as rx
 
 from app import db
 from app.i18n import catalog
+from app.runtime.condition_text import describe
 from app.runtime.messages import render_alert, symbol_name, won
 from app.services import alerts as alerts_service
 from app.services import rules as rules_service
@@ -114,23 +115,45 @@ class RulesState(rx.State):
         async with db.session() as s:
             rows = await rules_service.list_rows(s, user.id)
         lang = session.ui_lang
-        self.rows = [
-            {
-                "id": str(r.id),
-                "code": r.code,
-                "name": r.name_en if lang == "en" else r.name_ko,
-                "rule_name": r.rule_name,
-                "condition": session._t(f"op.{r.op}"),
-                "level": won(r.level),
-                "repeat": session._t(f"rules.repeat.{r.repeat}"),
-                "status": r.status,
-                "status_text": session._t(f"rules.status.{r.status}"),
-                "fired": session._t("rules.fired_times", count=r.fire_count)
-                if r.fire_count
-                else "",
-            }
-            for r in rows
-        ]
+        texts = catalog(lang)
+
+        def condition(r: rules_service.RuleRow) -> tuple[str, str, str]:
+            """(condition, level, repeat) texts: a price rule's parts, or a condition
+            rule's one-line summary and its frequency."""
+            if r.kind != "condition":
+                return (
+                    session._t(f"op.{r.op}"),
+                    won(r.level),
+                    session._t(f"rules.repeat.{r.repeat}"),
+                )
+            try:
+                summary = describe(r.spec, lang)
+            except (KeyError, ValueError, TypeError):
+                summary = ""  # a spec this version cannot read still lists, and can be deleted
+            freq = texts.get(f"builder.freq.{r.spec.get('frequency', '')}", "")
+            return summary, "", freq
+
+        out: list[dict[str, str]] = []
+        for r in rows:
+            cond_text, level, repeat = condition(r)
+            out.append(
+                {
+                    "id": str(r.id),
+                    "kind": "condition" if r.kind == "condition" else "price",
+                    "code": r.code,
+                    "name": r.name_en if lang == "en" else r.name_ko,
+                    "rule_name": r.rule_name,
+                    "condition": cond_text,
+                    "level": level,
+                    "repeat": repeat,
+                    "status": r.status,
+                    "status_text": texts.get(f"rules.status.{r.status}", r.status),
+                    "fired": session._t("rules.fired_times", count=r.fire_count)
+                    if r.fire_count
+                    else "",
+                }
+            )
+        self.rows = out
         return None
 
     @rx.event

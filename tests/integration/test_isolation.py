@@ -21,14 +21,16 @@ from sqlmodel import select
 
 import app.app as app_module
 from app import db
+from app.i18n import translate
 from app.models.rules import AlertRule
 from app.models.users import User, UserSession
 from app.models.watchlists import WatchlistItem
-from app.services import audit, auth, credentials
+from app.services import audit, auth, condition_rules, credentials
 from app.services import rules as rules_service
 from app.services import watchlist as watchlist_service
 from app.states.admin import AdminState
 from app.states.brokers import BrokersState
+from app.states.builder import RuleActionsState, RuleBuilderState
 from app.states.live import LiveState
 from app.states.pages import HistoryState, RulesState, WatchlistState
 from app.states.settings import SettingsState
@@ -68,6 +70,56 @@ async def watch_remove(root: State, a: Objects) -> None:
 
 async def rules_delete(root: State, a: Objects) -> None:
     await _call(root, RulesState, "delete", str(a["rule_id"]))
+
+
+async def _refused_with_not_found(root: State, cls: type[rx.State]) -> None:
+    state = await root.get_state(cls)
+    assert state.error == translate("error.not_found", "ko"), state.error
+
+
+async def builder_load_edit(root: State, a: Objects) -> None:
+    """?edit=<A's rule>: refused, and none of A's rule reaches B's form."""
+    headers = root.router.headers
+    root.router = RouterData.from_router_data(
+        {
+            "headers": {"cookie": headers.cookie},
+            "ip": "6.6.6.6",
+            "token": "client-b",
+            "pathname": "/rules/new",
+            "asPath": f"/rules/new?edit={a['cond_rule_id']}",
+        }
+    )
+    try:
+        await _call(root, RuleBuilderState, "load")
+    finally:
+        root.router = RouterData.from_router_data(
+            {"headers": {"cookie": headers.cookie}, "ip": "6.6.6.6", "token": "client-b"}
+        )
+    await _refused_with_not_found(root, RuleBuilderState)
+    state = await root.get_state(RuleBuilderState)
+    assert state.editing_id == "" and state.form["symbol"] == ""
+    assert "RSI(14)" not in str(state.form) and "A's RSI" not in str(state.form)
+
+
+async def builder_save_over(root: State, a: Objects) -> None:
+    """A forged editing_id (setvar can set any var) must not overwrite A's rule."""
+    state = await root.get_state(RuleBuilderState)
+    state.editing_id = str(a["cond_rule_id"])
+    state.form = {**COND_FORM, "name": "B was here", "c0.right": "99"}
+    state.count = 1
+    await _call(root, RuleBuilderState, "save")
+    await _refused_with_not_found(root, RuleBuilderState)
+    state.editing_id = ""
+
+
+async def rule_toggle(root: State, a: Objects) -> None:
+    await _call(root, RuleActionsState, "toggle", str(a["cond_rule_id"]))
+    await _refused_with_not_found(root, RuleActionsState)
+
+
+async def rule_duplicate(root: State, a: Objects) -> None:
+    await _call(root, RuleActionsState, "duplicate", str(a["cond_rule_id"]))
+    await _refused_with_not_found(root, RuleActionsState)
 
 
 async def sessions_revoke(root: State, a: Objects) -> None:
@@ -111,6 +163,10 @@ async def admin_load_status(root: State, a: Objects) -> None:
 ATTACKS: dict[tuple[str, str], Attack] = {
     ("WatchlistState", "remove"): watch_remove,
     ("RulesState", "delete"): rules_delete,
+    ("RuleBuilderState", "load"): builder_load_edit,
+    ("RuleBuilderState", "save"): builder_save_over,
+    ("RuleActionsState", "toggle"): rule_toggle,
+    ("RuleActionsState", "duplicate"): rule_duplicate,
     ("SettingsState", "revoke"): sessions_revoke,
     ("BrokersState", "delete"): brokers_delete,
     ("BrokersState", "test_connection"): brokers_test_connection,
@@ -131,6 +187,12 @@ OWN_DATA_ONLY: dict[tuple[str, str], str] = {
     ("WatchlistState", "submit"): "adds to the caller's own list (user from cookie)",
     ("RulesState", "load"): "lists the caller's rules (checked below)",
     ("RulesState", "create"): "creates a rule for the caller",
+    ("RuleBuilderState", "set_field"): "edits the caller's own draft; validates as the caller",
+    ("RuleBuilderState", "toggle_email"): "edits the caller's own draft",
+    ("RuleBuilderState", "set_type"): "edits the caller's own draft",
+    ("RuleBuilderState", "add_condition"): "edits the caller's own draft",
+    ("RuleBuilderState", "remove_condition"): "edits the caller's own draft",
+    ("RuleBuilderState", "run_preview"): "replays the caller's draft on shared market data",
     ("HistoryState", "load"): "lists the caller's alerts (checked below)",
     ("HistoryState", "mark_all_read"): "marks the caller's own alerts",
     ("SettingsState", "load"): "lists the caller's sessions (checked below)",
@@ -192,6 +254,20 @@ def test_every_handler_and_route_is_covered():
     assert not unchecked, f"routes without an isolation check: {sorted(unchecked)}"
 
 
+COND_FORM = {
+    "symbol": "005930",
+    "name": "A's RSI",
+    "timeframe": "1d",
+    "logic": "and",
+    "frequency": "once_per_bar",
+    "hysteresis_pct": "0.5",
+    "c0.type": "compare",
+    "c0.left": "RSI(14)",
+    "c0.op": "less",
+    "c0.right": "30",
+}
+
+
 async def _setup() -> tuple[Objects, User, str]:
     await seed_symbols()
     a = await make_user("alice@example.com")
@@ -205,6 +281,7 @@ async def _setup() -> tuple[Objects, User, str]:
         rule = await rules_service.create_price_rule(
             s, a.id, symbol_query="005930", op="above", level="70000"
         )
+        cond_rule = await condition_rules.create(s, a, COND_FORM)
         a_token = await auth.create_session(s, a, timedelta(hours=1), "A-browser", "1.1.1.1")
         b_token = await auth.create_session(s, b, timedelta(hours=1), "B-browser", "2.2.2.2")
         item = (await s.exec(select(WatchlistItem))).one()
@@ -224,6 +301,8 @@ async def _setup() -> tuple[Objects, User, str]:
         "user_id": a.id,
         "item_id": item.id,
         "rule_id": rule.id,
+        "cond_rule_id": cond_rule.id,
+        "cond_spec": dict(cond_rule.spec),
         "session_id": a_session.id,
         "credential_id": account.id,
         "a_token": a_token,
@@ -245,6 +324,10 @@ async def _a_is_untouched(objects: Objects) -> None:
         assert a.role == "admin" and a.is_active
         assert await s.get(WatchlistItem, objects["item_id"]) is not None
         assert (await s.get(AlertRule, objects["rule_id"])).status == "active"
+        cond = await s.get(AlertRule, objects["cond_rule_id"])
+        assert (cond.status, cond.name, cond.spec) == ("active", "A's RSI", objects["cond_spec"])
+        rules = (await s.exec(select(AlertRule))).all()
+        assert {r.user_id for r in rules} == {a.id} and len(rules) == 2  # nothing duplicated
         assert (await auth.resolve_session(s, objects["a_token"])).id == a.id
         assert [r.id for r in await credentials.list_accounts(s, a.id)] == [
             objects["credential_id"]
@@ -265,6 +348,9 @@ async def test_user_b_is_refused_on_every_handler_and_each_refusal_is_audited():
     # handlers without ids show B only B's own data
     await _call(root, RulesState, "load")
     assert (await root.get_state(RulesState)).rows == []
+    await _call(root, RuleBuilderState, "load")
+    builder = await root.get_state(RuleBuilderState)
+    assert builder.editing_id == "" and builder.form["symbol"] == ""
     await _call(root, HistoryState, "load")
     assert (await root.get_state(HistoryState)).rows == []
     await _call(root, SettingsState, "load")
@@ -285,6 +371,13 @@ async def test_a_forged_or_missing_cookie_gets_nothing():
         assert result is not None  # a redirect to /login
         await _call(root, RulesState, "load")
         assert (await root.get_state(RulesState)).rows == []
+        for cls, handler in (
+            (RuleActionsState, "toggle"),
+            (RuleActionsState, "duplicate"),
+            (RuleBuilderState, "load"),
+        ):
+            args = () if handler == "load" else (str(objects["cond_rule_id"]),)
+            assert await _call(root, cls, handler, *args) is not None  # a redirect to /login
     await _a_is_untouched(objects)
 
 
