@@ -15,6 +15,10 @@ def _row(row: rx.Var) -> rx.Component:
         rx.text(row["time"], size="1", color="var(--gray-10)", font_variant_numeric="tabular-nums"),
         rx.text(row["title"], weight=rx.cond(row["read"] == "", "bold", "regular")),
         rx.text(row["body"], size="2"),
+        rx.cond(
+            row["values"] != "",
+            rx.text(row["values"], size="1", color="var(--gray-11)", class_name="history-values"),
+        ),
         rx.text(row["deliveries"], size="1", color="var(--gray-11)"),
         direction="column",
         spacing="1",

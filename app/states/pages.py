@@ -8,7 +8,7 @@ import reflex as rx
 
 from app import db
 from app.i18n import catalog
-from app.runtime.condition_text import describe
+from app.runtime.condition_text import describe, number
 from app.runtime.messages import render_alert, symbol_name, won
 from app.services import alerts as alerts_service
 from app.services import rules as rules_service
@@ -201,6 +201,16 @@ class RulesState(rx.State):
         return RulesState.load
 
 
+def _values_text(session: SessionState, payload: dict) -> str:
+    """What a condition alert saw when it fired: each indicator's value, and whether
+    it was judged on a bar close, so the user can check the alert against a chart."""
+    values = payload.get("values") or {}
+    parts = [f"{label} = {number(value)}" for label, value in values.items()]
+    if payload.get("on_close"):
+        parts.append(session._t("history.on_close"))
+    return " · ".join(parts)
+
+
 class HistoryState(rx.State):
     rows: list[dict[str, str]] = []
     loaded_unread: int = 0  # compared with the live badge to offer a refresh
@@ -227,6 +237,7 @@ class HistoryState(rx.State):
                     "name": symbol_name(r.payload, lang),
                     "price": won(r.price),
                     "read": "1" if r.read else "",
+                    "values": _values_text(session, r.payload),
                     "deliveries": " · ".join(
                         f"{session._t(f'channel.{ch}')}: {session._t(f'delivery.{st}')}"
                         + (f" ({err})" if err and st != "sent" else "")

@@ -13,6 +13,8 @@ import contextlib
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
+from reflex.istate.data import RouterData
+from reflex.state import State
 from sqlmodel import col, func, select
 
 from app import db
@@ -23,8 +25,9 @@ from app.models.users import User
 from app.runtime.delivery import DeliveryWorker
 from app.runtime.outbox import quiet_until
 from app.runtime.runner import Runner
-from app.services import candles, condition_rules
+from app.services import auth, candles, condition_rules
 from app.services.errors import NotFound, ValidationFailed
+from app.states.pages import HistoryState
 from brokers.paper.replay import ReplayMarket
 from brokers.paper.symbols import SYMBOLS
 from engines.market import Candle, Timeframe
@@ -478,3 +481,38 @@ async def test_rules_added_disabled_and_edited_take_effect_on_the_next_tick():
         events[-1].payload["fire_no"] == 1
         and events[-1].idempotency_key != events[0].idempotency_key
     )
+
+
+async def test_history_shows_the_values_and_each_channels_delivery():
+    await seed_symbols()
+    user = await make_user()
+    await _store_falling_minutes("005930", 60)
+    async with db.session() as s:
+        await condition_rules.create(
+            s,
+            user,
+            form(
+                frequency="once_per_bar_close",
+                **{"c0.left": "RSI(14)", "c0.op": "less", "c0.right": "30"},
+            ),
+            now=NOW,
+        )
+        token = await auth.create_session(s, user, timedelta(hours=1), "browser", "3.3.3.3")
+    market = ReplayMarket(
+        ticks("005930", [74_000 - 10 * i for i in range(70)]),
+        SYMBOLS,
+        prev_close={"005930": 75_000},
+    )
+    await _drive(market, settings(), clock=lambda: T0 + timedelta(minutes=5))
+    root = State(_reflex_internal_init=True)
+    root.router = RouterData.from_router_data(
+        {"headers": {"cookie": f"tw_session={token}"}, "ip": "3.3.3.3", "token": "client-h"}
+    )
+    history = await root.get_state(HistoryState)
+    await HistoryState.event_handlers["load"].fn(history)
+    assert len(history.rows) == 1
+    row = history.rows[0]
+    assert row["values"].startswith("RSI(14) = ") and row["values"].endswith("봉 마감 기준")
+    assert float(row["values"].split("= ")[1].split(" ")[0]) < 30
+    assert "RSI(14) < 30" in row["title"]
+    assert "인앱: 전송됨" in row["deliveries"] or "전송됨" in row["deliveries"]
