@@ -3,15 +3,17 @@ property test against a brute-force reference evaluator."""
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import UTC, datetime, timedelta
+from unittest.mock import patch
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engines.market import Tick, step_ticks
-from engines.rules.book import Fired, RuleBook
+from engines.rules.book import Fired, RuleBook, _Entries
 from engines.rules.spec import PriceOp, PriceRuleSpec
 
 T0 = datetime(2024, 6, 3, 0, 0, tzinfo=UTC)
@@ -562,3 +564,151 @@ def test_book_matches_brute_force_reference(script):
         assert len(book) == len(ref.rules)
         assert all(rule_id in book for rule_id in ref.rules)
         assert book.symbols() == {r.symbol for r in ref.rules.values()}
+
+
+# -- the index layout: blocks, the quiet interval, Fired ------------------------------
+
+
+def test_entries_blocks_match_a_sorted_list_under_churn():
+    """Small blocks so that splits, emptied blocks and multi-block ranges all occur."""
+    rng = random.Random(11)
+    with patch.object(_Entries, "LOAD", 3):
+        entries = _Entries()
+        ref: dict[int, object] = {}
+        for _ in range(4000):
+            roll = rng.random()
+            if roll < 0.55 or not ref:
+                key = rng.randrange(-500, 500)
+                if key not in ref:
+                    rule = object()
+                    entries.add(key, rule)  # type: ignore[arg-type]
+                    ref[key] = rule
+            elif roll < 0.85:
+                key = rng.choice(sorted(ref))
+                entries.remove(key)
+                del ref[key]
+            else:
+                lo = rng.randrange(-520, 520)
+                hi = lo + rng.randrange(0, 60)
+                want = [k for k in sorted(ref) if lo <= k < hi]
+                assert entries.pop_between(lo, hi) == [ref.pop(k) for k in want]
+            keys = sorted(ref)
+            assert list(entries) == keys
+            assert len(entries) == len(keys)
+            assert all(0 < len(b) <= 2 * 3 for b in entries.blocks)
+            assert entries.maxes == [b[-1] for b in entries.blocks]
+            assert [len(r) for r in entries.rules] == [len(b) for b in entries.blocks]
+            assert [ref[k] for k in keys] == [r for rs in entries.rules for r in rs]
+        with pytest.raises(ValueError):
+            entries.remove(10_000)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(actions, min_size=20, max_size=120))
+def test_book_matches_brute_force_reference_with_tiny_blocks(script):
+    """The property test again, with blocks so small that every book spans several."""
+    with patch.object(_Entries, "LOAD", 1):
+        test_book_matches_brute_force_reference.hypothesis.inner_test(script)
+
+
+def test_many_rules_on_one_symbol_match_reference_across_blocks():
+    rng = random.Random(5)
+    book = RuleBook()
+    ref = RefBook()
+    book.seed_price(SYM, 70_000)
+    ref.seed(SYM, 70_000)
+    with patch.object(_Entries, "LOAD", 8):
+        for rule_id in range(600):
+            s = spec(
+                rng.choice(list(PriceOp)).value,
+                rng.randrange(66_000, 74_000, 100),
+                rng.choice(["once", "rearm"]),
+                rng.choice([0.1, 0.5, 1.0]),
+            )
+            book.add(rule_id, SYM, s)
+            ref.add(rule_id, SYM, s, 0)
+        price = 70_000
+        for n in range(1500):
+            price = min(74_500, max(65_500, step_ticks(price, rng.randint(-3, 3))))
+            got = book.on_tick(Tick(SYM, price, 1, T0 + timedelta(seconds=n)))
+            assert {(f.rule_id, f.fire_no, f.finished) for f in got} == ref.tick(SYM, price)
+    assert len(book) == len(ref.rules)
+
+
+def test_rule_added_inside_a_quiet_interval_still_triggers():
+    book, feed = book_at(70_000, (1, spec("cross_up", 80_000)), (2, spec("cross_down", 60_000)))
+    assert feed.path([70_100, 70_000]) == [[], []]  # the interval now spans 60,001..79,999
+    visited = book.visited
+    assert feed.path([70_100, 70_200]) == [[], []]
+    assert book.visited == visited  # quiet ticks read no entry
+    book.add(3, SYM, spec("cross_up", 70_300))
+    assert ids(feed.path([70_300])) == [[(3, 1)]]
+    book.add(4, SYM, spec("below", 70_200, "rearm"))
+    assert ids(feed.path([70_200, 70_300, 71_000, 70_100])) == [[(4, 1)], [], [], [(4, 2)]]
+
+
+def test_seed_inside_a_quiet_interval_replaces_rules():
+    book, feed = book_at(70_000, (1, spec("cross_up", 71_000)))
+    assert feed.path([70_100]) == [[]]
+    book.seed_price(SYM, 72_000)  # a gap is not a crossing: wait for a dip below first
+    assert feed.path([71_500, 71_000]) == [[], []]
+    assert ids(feed.path([70_900, 71_000])) == [[], [(1, 1)]]
+
+
+def test_removed_rule_does_not_fire_from_a_quiet_interval():
+    book, feed = book_at(70_000, (1, spec("cross_up", 70_500)), (2, spec("cross_up", 70_600)))
+    assert feed.path([70_100]) == [[]]
+    book.remove(1)
+    assert ids(feed.path([70_700])) == [[(2, 1)]]
+
+
+def test_rule_ids_must_fit_64_signed_bits():
+    book, feed = book_at(70_000)
+    book.add(-(2**63), SYM, spec("cross_up", 70_100))
+    book.add(2**63 - 1, SYM, spec("cross_up", 70_100))
+    for bad in (2**63, -(2**63) - 1):
+        with pytest.raises(ValueError):
+            book.add(bad, SYM, spec("above", 1))
+    assert ids(feed.path([70_100])) == [[(-(2**63), 1), (2**63 - 1, 1)]]
+
+
+def test_fired_is_immutable_and_compares_by_value():
+    _, feed = book_at(69_900, (1, spec("cross_up", 70_000)))
+    (fired,) = feed.tick(70_000)
+    with pytest.raises(AttributeError):
+        fired.price = 1  # type: ignore[misc]
+    assert fired == Fired(1, SYM, PriceOp.CROSS_UP, 70_000, 70_000, 69_900, fired.ts, 1, True)
+    assert hash(fired) == hash(Fired(*fired))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(actions, min_size=20, max_size=120))
+def test_entries_bracket_the_last_price_and_the_quiet_interval_is_exact(script):
+    """What the quiet interval rests on: up entries lie above the last price, down
+    entries below it, and the interval is the gap between the nearest two."""
+    book = RuleBook()
+    n = 0
+    for action in script:
+        kind = action[0]
+        if kind == "tick":
+            n += 1
+            book.on_tick(Tick(action[1], action[2], 1, T0 + timedelta(seconds=n)))
+        elif kind == "add":
+            book.add(*action[1:])
+        elif kind == "remove":
+            book.remove(action[1])
+        else:
+            book.seed_price(action[1], action[2])
+        for symbol, idx in book._index.items():
+            up = [k >> 64 for k in idx.up]
+            down = [k >> 64 for k in idx.down]
+            last = book.last_price(symbol)
+            if last is None:
+                assert not up and not down
+            assert all(level > last for level in up)
+            assert all(level < last for level in down)
+            if idx.pending:
+                assert idx.quiet_lo > idx.quiet_hi
+            else:
+                assert idx.quiet_lo == (down[-1] + 1 if down else -math.inf)
+                assert idx.quiet_hi == (up[0] - 1 if up else math.inf)
