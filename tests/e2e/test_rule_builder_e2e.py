@@ -42,7 +42,7 @@ async def test_build_preview_and_save_a_condition_rule(
     await left.fill("RSI(14)")
     await expect(error).to_be_empty(timeout=15_000)
     await page.select_option("#rb-c0-op", "less")
-    await page.fill("#rb-c0-right", "70")
+    await page.fill("#rb-c0-right", "5")  # never true on the demo: no alert leaks
     await page.select_option("#rb-timeframe", "1d")
     await page.fill("#rb-name", f"e2e RSI {width}")
     await asyncio.sleep(0.5)
@@ -60,7 +60,7 @@ async def test_build_preview_and_save_a_condition_rule(
     await page.wait_for_url(re.compile(r"/rules/?$"), timeout=30_000)
     row = page.locator(".rule-row", has_text=f"e2e RSI {width}")
     await expect(row).to_have_count(1, timeout=15_000)
-    await expect(row).to_contain_text("RSI(14) < 70")
+    await expect(row).to_contain_text("RSI(14) < 5")
     await no_horizontal_scroll(page, width)
     # Leave the shared demo account as it was: other browser tests count its rules.
     await row.locator(".rule-delete").click()
