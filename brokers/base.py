@@ -8,25 +8,41 @@ than guessed up front.
 
 Prices are whole won (``int``) like everywhere else (see ``engines.market``), and
 every timestamp is timezone-aware UTC.
+
+Orders and balances were added with the KIS adapter, shaped by its API: an order
+is identified by the broker's order number plus the branch (``KRX_FWDG_ORD_ORGNO``)
+that KIS needs to modify or cancel it; fills arrive both by polling and as
+realtime execution notices.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from engines.market import Tick
+from engines.market import Candle, Tick
 
 __all__ = [
     "AuthExpired",
+    "Balance",
     "Broker",
     "BrokerError",
     "BrokerUnavailable",
+    "CandlePeriod",
+    "Fill",
     "MarketClosed",
     "MarketData",
+    "OrderAck",
     "OrderRejected",
+    "OrderRequest",
+    "OrderSide",
+    "OrderState",
+    "OrderStatus",
+    "OrderType",
+    "Position",
     "Quote",
     "RateLimited",
     "SymbolInfo",
@@ -70,6 +86,145 @@ class Quote:
     low: int
     volume: int
     ts: datetime
+
+
+class CandlePeriod(StrEnum):
+    """What a broker's history endpoint can page through.
+
+    KIS serves day/week/month bars in one endpoint (``FID_PERIOD_DIV_CODE``) and
+    1-minute bars in another; longer intraday frames are aggregated by us from
+    minutes (``engines.market``), so they are not broker periods.
+    """
+
+    DAY = "D"
+    WEEK = "W"
+    MONTH = "M"
+    MINUTE = "1m"
+
+
+class OrderSide(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(StrEnum):
+    """KIS ``ORD_DVSN``: ``00`` limit, ``01`` market. Others are not offered yet."""
+
+    LIMIT = "limit"
+    MARKET = "market"
+
+
+class OrderState(StrEnum):
+    OPEN = "open"
+    PARTIAL = "partial"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """A cash order. ``price`` is ignored (sent as 0) for market orders.
+
+    ``client_order_id`` is ours: the strategy runner derives it from the signal so
+    a retried signal can be recognised and never places a second order.
+    """
+
+    symbol: str
+    side: OrderSide
+    qty: int
+    order_type: OrderType = OrderType.LIMIT
+    price: int = 0
+    client_order_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderAck:
+    """The broker accepted an order. ``branch`` is KIS's ``KRX_FWDG_ORD_ORGNO``,
+    needed together with ``order_id`` to modify or cancel it."""
+
+    order_id: str
+    branch: str
+    ts: datetime
+    client_order_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution: from a fills query or from a realtime execution notice."""
+
+    order_id: str
+    symbol: str
+    side: OrderSide
+    qty: int
+    price: int
+    ts: datetime
+    fee: int = 0
+    tax: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OrderStatus:
+    order_id: str
+    symbol: str
+    side: OrderSide
+    order_type: OrderType
+    qty: int
+    price: int
+    filled_qty: int
+    avg_fill_price: float
+    state: OrderState
+    branch: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One holding. ``avg_price`` is a float because an average of won prices is
+    not a whole number; valuation and P&L are whole won at ``price``."""
+
+    symbol: str
+    name: str
+    qty: int
+    avg_price: float
+    price: int
+
+    @property
+    def value(self) -> int:
+        return self.qty * self.price
+
+    @property
+    def cost(self) -> int:
+        return round(self.qty * self.avg_price)
+
+    @property
+    def pnl(self) -> int:
+        return self.value - self.cost
+
+    @property
+    def pnl_pct(self) -> float:
+        return (self.pnl / self.cost * 100.0) if self.cost else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """Cash and holdings of one account. ``cash`` is what can be spent now (KIS
+    ``dnca_tot_amt``, deposits); ``total`` adds the holdings at market value."""
+
+    cash: int
+    positions: tuple[Position, ...] = field(default_factory=tuple)
+
+    @property
+    def holdings_value(self) -> int:
+        return sum(p.value for p in self.positions)
+
+    @property
+    def total(self) -> int:
+        return self.cash + self.holdings_value
+
+    @property
+    def pnl(self) -> int:
+        return sum(p.pnl for p in self.positions)
 
 
 class BrokerError(Exception):
@@ -166,9 +321,44 @@ class MarketData(Protocol):
 
 @runtime_checkable
 class Broker(MarketData, Protocol):
-    """A full broker adapter: market data today, orders and balances later.
+    """A full broker adapter: market data plus history, account and orders.
 
-    Order placement, cancellation and account balances are added to this
-    protocol in the brokers issue, together with the KIS adapter that forces
-    their exact shape. Until then a broker is its market-data part.
+    Every method raises only :class:`BrokerError` subclasses, so callers can tell
+    a retry (``RateLimited``, ``BrokerUnavailable``), a re-login (``AuthExpired``)
+    and a user-facing refusal (``OrderRejected``, ``MarketClosed``) apart.
     """
+
+    async def candles(
+        self, symbol: str, period: CandlePeriod, start: date, end: date
+    ) -> list[Candle]:
+        """Bars of ``symbol`` from ``start`` to ``end`` (KST dates, inclusive), oldest
+        first. Adapters page through the broker's limit (KIS: 100 daily rows a call)."""
+        ...
+
+    async def balance(self) -> Balance:
+        """Cash and every holding, all pages."""
+        ...
+
+    async def place_order(self, order: OrderRequest) -> OrderAck:
+        """Send an order. Raises :class:`OrderRejected` with the broker's reason."""
+        ...
+
+    async def modify_order(self, ack: OrderAck, qty: int, price: int) -> OrderAck:
+        """Change quantity and price of an open order; returns the new order's ack."""
+        ...
+
+    async def cancel_order(self, ack: OrderAck, qty: int | None = None) -> OrderAck:
+        """Cancel ``qty`` shares of an open order, or all of it when ``qty`` is None."""
+        ...
+
+    async def orders(self, day: date) -> list[OrderStatus]:
+        """Every order of ``day`` (KST) with its fill state."""
+        ...
+
+    async def fills(self, day: date) -> list[Fill]:
+        """Every execution of ``day`` (KST)."""
+        ...
+
+    def executions(self) -> AsyncIterator[Fill]:
+        """Realtime execution notices of this account, forever, until :meth:`close`."""
+        ...
