@@ -68,6 +68,34 @@ class Settings(BaseSettings):
     kis_real_base_url: str = "https://openapi.koreainvestment.com:9443"
     kis_paper_base_url: str = "https://openapivts.koreainvestment.com:29443"
     kis_timeout: float = Field(default=10.0, gt=0)
+    kis_real_ws_url: str = "ws://ops.koreainvestment.com:21000"
+    kis_paper_ws_url: str = "ws://ops.koreainvestment.com:31000"
+    kis_real_rate_per_s: float = Field(default=20.0, gt=0)
+    kis_paper_rate_per_s: float = Field(default=2.0, gt=0)
+    kis_ws_max_subscriptions: int = Field(default=40, ge=1)
+
+    # Shared market data: "simulated" (the demo) or "kis" with an operator's service key.
+    # Users' orders always use their own credential, never this one.
+    market_data_source: Literal["simulated", "kis"] = "simulated"
+    kis_service_app_key: str = ""
+    kis_service_app_secret: str = ""
+    kis_service_paper: bool = False
+    kis_service_max_sessions: int = Field(default=1, ge=1)
+
+    # Kiwoom REST API hosts
+    kiwoom_base_url: str = "https://api.kiwoom.com"
+    kiwoom_mock_base_url: str = "https://mockapi.kiwoom.com"
+    kiwoom_ws_url: str = "wss://api.kiwoom.com:10000/api/dostk/websocket"
+    kiwoom_mock_ws_url: str = "wss://mockapi.kiwoom.com:10000/api/dostk/websocket"
+
+    # Paper account: fees as fractions of the traded value
+    paper_initial_cash: int = Field(default=10_000_000, ge=0)
+    paper_commission_rate: float = Field(default=0.00015, ge=0, lt=0.1)
+    paper_sell_tax_rate: float = Field(default=0.002, ge=0, lt=0.1)
+    paper_slippage_ticks: int = Field(default=0, ge=0, le=50)
+
+    # Portfolio refresh from the user's broker or paper account (APScheduler job)
+    portfolio_refresh_seconds: float = Field(default=60.0, gt=0)
 
     # Sign-in
     local_login_enabled: bool = True
