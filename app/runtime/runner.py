@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
@@ -25,6 +26,7 @@ from app.models.market import Symbol
 from app.models.rules import RULE_ACTIVE, RULE_EXPIRED, AlertRule
 from app.models.watchlists import Watchlist, WatchlistItem
 from app.runtime.delivery import DeliveryWorker
+from app.runtime.hub import MarketHub
 from app.runtime.outbox import RuleMeta, record_condition_firing, record_firing
 from app.services import candles as candle_store
 from app.services import changes
@@ -43,6 +45,10 @@ MAX_CANDLE_BACKLOG = 100_000
 oldest are dropped (and logged): the runner must not grow without bound."""
 PRUNE_EVERY = 3600.0
 """Seconds between retention passes over stored candles (see ``candles.RETENTION``)."""
+
+
+TickListener = Callable[[Tick], Awaitable[None]]
+"""Gets every tick after the quote update (the paper account fills orders on it)."""
 
 
 class UiSink(Protocol):
@@ -78,7 +84,8 @@ class Runner:
         notifiers: dict[str, Notifier] | None = None,
     ) -> None:
         self.settings = settings
-        self.market = market
+        self.hub = market if isinstance(market, MarketHub) else MarketHub(lambda _i: market)
+        self.market: MarketData = self.hub
         self.ui = ui
         self.book = RuleBook()
         self.conditions = ConditionBook()
@@ -87,6 +94,10 @@ class Runner:
         self.quotes: dict[str, LiveQuote] = {}
         self.watchers: dict[str, set[int]] = {}
         self.subscribed: set[str] = set()
+        self.extra_interest: dict[str, set[str]] = {}
+        """Consumers besides users' watchlists and rules: open charts, paper orders."""
+        self.tick_listeners: list[TickListener] = []
+        self._resubscribing = asyncio.Lock()
         self.delivery = DeliveryWorker(
             settings, notifiers or {}, in_app_push=ui.push_alert if ui else None
         )
@@ -225,12 +236,43 @@ class Runner:
             revision=str(int(rule.updated_at.timestamp() * 1000)),
         )
 
+    async def set_interest(self, consumer: str, symbols: Iterable[str]) -> None:
+        """Declare what a non-user consumer needs live (an open chart, paper orders)."""
+        wanted = set(symbols)
+        if wanted:
+            self.extra_interest[consumer] = wanted
+        else:
+            self.extra_interest.pop(consumer, None)
+        await self._resubscribe()
+
+    def _interest(self) -> dict[str, set[str]]:
+        """Who needs which symbol live: a consumer per user, plus the extra ones.
+
+        Declared per consumer rather than as one union so the hub can count
+        references: a symbol three users watch is one upstream subscription, and
+        it stays until the last of them lets go.
+        """
+        interest: dict[str, set[str]] = {}
+        for code, users in self.watchers.items():
+            for user_id in users:
+                interest.setdefault(f"user:{user_id}", set()).add(code)
+        for meta in self.meta.values():
+            interest.setdefault(f"user:{meta.user_id}", set()).add(meta.symbol)
+        # Rules whose metadata is gone (finished) may still sit in a book briefly.
+        orphans = (self.book.symbols() | self.conditions.symbols()) - {
+            c for codes in interest.values() for c in codes
+        }
+        if orphans:
+            interest["rules"] = orphans
+        for consumer, codes in self.extra_interest.items():
+            interest.setdefault(consumer, set()).update(codes)
+        return interest
+
     async def _resubscribe(self) -> None:
-        wanted = set(self.watchers) | self.book.symbols() | self.conditions.symbols()
-        new = wanted - self.subscribed
-        gone = self.subscribed - wanted
-        if new:
-            for code in sorted(new):
+        async with self._resubscribing:
+            interest = self._interest()
+            wanted = {c for codes in interest.values() for c in codes}
+            for code in sorted(wanted - self.subscribed - set(self.quotes)):
                 try:
                     quote = await self.market.quote(code)
                 except BrokerError:
@@ -243,13 +285,13 @@ class Runner:
                     self.book.seed_price(code, quote.price)
                 self.conditions.set_prev_close(code, quote.prev_close)
                 self._dirty.add(code)
-            ok = {c for c in new if c in self.quotes}
-            await self.market.subscribe(ok)
-            self.subscribed |= ok
-        if gone:
-            await self.market.unsubscribe(gone)
-            self.subscribed -= gone
-            for code in gone:
+            for consumer in set(self.hub.consumers()) - set(interest):
+                await self.hub.drop_consumer(consumer)
+            for consumer, codes in interest.items():
+                await self.hub.set_interest(consumer, {c for c in codes if c in self.quotes})
+            await self.hub.retry_pending()
+            self.subscribed = self.hub.live_symbols()
+            for code in set(self.quotes) - wanted:
                 self.quotes.pop(code, None)
 
     # ---- ticks -----------------------------------------------------------
@@ -283,6 +325,11 @@ class Runner:
             quote.ts = tick.ts
             self._dirty.add(tick.symbol)
         self._clock = (tick.ts, asyncio.get_running_loop().time())
+        for listener in self.tick_listeners:
+            try:
+                await listener(tick)
+            except Exception:
+                log.exception("tick listener %r failed", listener)
         fired = self.book.on_tick(tick)
         for f in fired:
             await self._record(f, quote.prev_close if quote else None)
