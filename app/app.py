@@ -22,12 +22,14 @@ from app.pages.history import history_page
 from app.pages.login import login_page
 from app.pages.rules import rules_page
 from app.pages.settings import settings_page
+from app.pages.symbol import symbol_page
 from app.pages.watchlist import watchlist_page
 from app.runtime.runner import Runner, set_current_runner
 from app.services import symbols as symbols_service
 from app.states.admin import AdminState
 from app.states.brokers import BrokersState
 from app.states.builder import RuleBuilderState
+from app.states.chart import ChartState
 from app.states.live import LiveState, ReflexUiSink
 from app.states.pages import HistoryState, RulesState
 from app.states.session import SessionState
@@ -106,6 +108,7 @@ app.register_lifespan_task(runner_lifespan)
 _private = [SessionState.guard, LiveState.connect]
 app.add_page(login_page, route="/login", title="Tickwatch")
 app.add_page(watchlist_page, route="/", title="Tickwatch", on_load=_private)
+app.add_page(symbol_page, route="/symbol", title="Tickwatch", on_load=[*_private, ChartState.load])
 app.add_page(rules_page, route="/rules", title="Tickwatch", on_load=[*_private, RulesState.load])
 app.add_page(
     builder_page,

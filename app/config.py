@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     runner_enabled: bool = True
     rule_sync_interval: float = Field(default=2.0, gt=0)
     ui_push_interval: float = Field(default=0.5, gt=0)
+    chart_push_interval: float = Field(default=2.0, gt=0)
     bar_close_interval: float = Field(default=1.0, gt=0)
     delivery_poll_interval: float = Field(default=2.0, gt=0)
     delivery_max_attempts: int = Field(default=6, ge=1)

@@ -30,10 +30,17 @@ def _suggestion(item: rx.Var) -> rx.Component:
 
 def _row(row: rx.Var) -> rx.Component:
     return rx.flex(
-        rx.flex(
-            rx.text(_name(row), weight="bold", size="3"),
-            rx.text(row["code"], " · ", row["market"], color="var(--gray-10)", size="1"),
-            direction="column",
+        rx.link(
+            rx.flex(
+                rx.text(_name(row), weight="bold", size="3"),
+                rx.text(row["code"], " · ", row["market"], color="var(--gray-10)", size="1"),
+                direction="column",
+                min_width="0",
+            ),
+            href="/symbol?code=" + row["code"].to(str),
+            id="chart-" + row["code"].to(str),
+            color="inherit",
+            underline="none",
             min_width="0",
             flex="1",
         ),
@@ -47,8 +54,11 @@ def _row(row: rx.Var) -> rx.Component:
                 font_variant_numeric="tabular-nums",
             ),
             rx.text(
+                row["diff"],
+                " ",
                 row["change"],
                 size="2",
+                id="change-" + row["code"].to(str),
                 color=price_color(row["dir"]),
                 font_variant_numeric="tabular-nums",
             ),

@@ -31,7 +31,7 @@ from app.runtime.outbox import RuleMeta, record_condition_firing, record_firing
 from app.services import candles as candle_store
 from app.services import changes
 from brokers.base import BrokerError, MarketData
-from engines.market import Candle, Tick, change_pct
+from engines.market import Candle, Tick, Timeframe, change_pct
 from engines.rules.book import Fired, RuleBook
 from engines.rules.conditions import ConditionRuleSpec
 from engines.rules.evaluator import ConditionBook, ConditionFired
@@ -71,6 +71,7 @@ class LiveQuote:
         return {
             "price": f"{self.price:,}",
             "change": f"{change_pct(self.price, self.prev_close):+.2f}%",
+            "diff": f"{diff:+,}",
             "dir": "up" if diff > 0 else "down" if diff < 0 else "flat",
         }
 
@@ -477,6 +478,11 @@ class Runner:
             if isinstance(result, Exception):
                 log.warning("price push to user %s failed: %r", uid, result)
         return len(per_user)
+
+    def chart_live(self, symbol: str, tf: Timeframe) -> tuple[list[Candle], Candle | None]:
+        """Closed candles not yet stored, and the bar still forming, for a chart."""
+        pending = [c for c in self._candles if c.symbol == symbol and c.timeframe == tf]
+        return pending, self.conditions.agg.current(symbol, tf)
 
     def snapshot(self, codes: list[str]) -> dict[str, dict[str, str]]:
         """Current prices for a page that just opened, before the next push."""

@@ -201,6 +201,12 @@ OWN_DATA_ONLY: dict[tuple[str, str], str] = {
     ("AdminState", "filter_audit"): "stores filter text; load_audit re-checks the role",
     ("BrokersState", "load"): "lists the caller's accounts (checked below)",
     ("BrokersState", "create"): "creates an account for the caller",
+    ("ChartState", "load"): "public market data plus the caller's own alert levels "
+    "(test_chart.py: another user's levels are never drawn)",
+    ("ChartState", "set_timeframe"): "re-renders for the caller resolved from the cookie",
+    ("ChartState", "toggle_overlay"): "re-renders for the caller resolved from the cookie",
+    ("ChartState", "follow"): "re-resolves the caller from the cookie on every update",
+    ("ChartState", "leave"): "drops only this browser tab's own chart interest",
 }
 # Reflex's own handler: sets a var of the calling client only. Identity is never read
 # from state vars (always from the cookie), so whatever a client sets proves nothing.
