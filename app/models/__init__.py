@@ -1,6 +1,7 @@
 """All tables, imported here so alembic and ``SQLModel.metadata`` see every one."""
 
 import app.models.identities  # noqa: F401
+import app.models.paper  # noqa: F401
 import app.models.vault  # noqa: F401
 from app.models.alerts import AlertEvent, Delivery
 from app.models.audit import AuditEntry
