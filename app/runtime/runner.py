@@ -28,6 +28,7 @@ from app.models.watchlists import Watchlist, WatchlistItem
 from app.runtime.delivery import DeliveryWorker
 from app.runtime.hub import MarketHub
 from app.runtime.outbox import RuleMeta, record_condition_firing, record_firing
+from app.runtime.paper_desk import PaperDesk
 from app.services import candles as candle_store
 from app.services import changes
 from brokers.base import BrokerError, MarketData
@@ -99,6 +100,7 @@ class Runner:
         """Consumers besides users' watchlists and rules: open charts, paper orders."""
         self.tick_listeners: list[TickListener] = []
         self._resubscribing = asyncio.Lock()
+        self.paper = PaperDesk(self.hub, settings)
         self.delivery = DeliveryWorker(
             settings, notifiers or {}, in_app_push=ui.push_alert if ui else None
         )
@@ -186,6 +188,16 @@ class Runner:
                 watchers.setdefault(code, set()).add(user_id)
             self.watchers = watchers
             self._watch_signature = signature  # type: ignore[assignment]
+        try:
+            paper_symbols = await self.paper.sync()
+        except Exception:
+            # Paper fills wait for the next pass; alerts must not.
+            log.exception("paper desk sync failed; will retry")
+            paper_symbols = self.paper.symbols()
+        if paper_symbols:
+            self.extra_interest["paper"] = paper_symbols
+        else:
+            self.extra_interest.pop("paper", None)
         await self._resubscribe()
         await self._warm_up()
 
@@ -326,6 +338,7 @@ class Runner:
             quote.ts = tick.ts
             self._dirty.add(tick.symbol)
         self._clock = (tick.ts, asyncio.get_running_loop().time())
+        await self.paper.on_tick(tick)
         for listener in self.tick_listeners:
             try:
                 await listener(tick)
