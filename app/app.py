@@ -20,11 +20,14 @@ from app.pages.brokers import brokers_page
 from app.pages.builder import builder_page
 from app.pages.history import history_page
 from app.pages.login import login_page
+from app.pages.portfolio import portfolio_page
 from app.pages.rules import rules_page
 from app.pages.settings import settings_page
 from app.pages.symbol import symbol_page
 from app.pages.watchlist import watchlist_page
+from app.runtime.market_source import build_market
 from app.runtime.runner import Runner, set_current_runner
+from app.runtime.scheduler import build_scheduler
 from app.services import symbols as symbols_service
 from app.states.admin import AdminState
 from app.states.brokers import BrokersState
@@ -32,10 +35,10 @@ from app.states.builder import RuleBuilderState
 from app.states.chart import ChartState
 from app.states.live import LiveState, ReflexUiSink
 from app.states.pages import HistoryState, RulesState
+from app.states.portfolio import PortfolioState, refresh_open_pages
 from app.states.session import SessionState
 from app.states.settings import SettingsState
 from app.vault_keys import get_key_ring
-from brokers.paper.market import SimulatedMarket
 from notifiers.email import EmailNotifier, SmtpConfig
 
 log = logging.getLogger(__name__)
@@ -67,20 +70,26 @@ async def runner_lifespan(app: rx.App) -> AsyncIterator[None]:
     if not settings.runner_enabled:
         yield
         return
-    market = SimulatedMarket(
-        seed=settings.market_seed,
-        always_open=settings.market_always_open,
-        tick_interval=settings.market_tick_interval,
-    )
+    market = build_market(settings)
     async with db.session() as s:
         await symbols_service.sync_master(s, await market.list_symbols())
     runner = Runner(settings, market, ui=ReflexUiSink(app), notifiers=build_notifiers(settings))
     set_current_runner(runner)
     task = asyncio.create_task(runner.run(), name="runner")
+    scheduler = build_scheduler(
+        {
+            "portfolio-refresh": (
+                lambda: refresh_open_pages(app),
+                settings.portfolio_refresh_seconds,
+            )
+        }
+    )
+    scheduler.start()
     log.info("runner started (email %s)", "on" if settings.email_enabled else "off")
     try:
         yield
     finally:
+        scheduler.shutdown(wait=False)
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
@@ -109,6 +118,12 @@ _private = [SessionState.guard, LiveState.connect]
 app.add_page(login_page, route="/login", title="Tickwatch")
 app.add_page(watchlist_page, route="/", title="Tickwatch", on_load=_private)
 app.add_page(symbol_page, route="/symbol", title="Tickwatch", on_load=[*_private, ChartState.load])
+app.add_page(
+    portfolio_page,
+    route="/portfolio",
+    title="Tickwatch",
+    on_load=[*_private, PortfolioState.load],
+)
 app.add_page(rules_page, route="/rules", title="Tickwatch", on_load=[*_private, RulesState.load])
 app.add_page(
     builder_page,

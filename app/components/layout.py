@@ -13,6 +13,18 @@ UP_COLOR = "#d1242f"  # Korean convention: rising prices are red,
 DOWN_COLOR = "#1f5fd1"  # falling prices are blue.
 
 
+SELECT_STYLE = {
+    "height": "40px",
+    "width": "100%",
+    "padding": "0 8px",
+    "border_radius": "6px",
+    "border": "1px solid var(--gray-a7)",
+    "background": "var(--color-surface)",
+    "color": "inherit",
+    "font_size": "16px",  # 16px keeps iOS from zooming into the field
+}
+
+
 def price_color(direction: rx.Var) -> rx.Var:
     return rx.match(direction, ("up", UP_COLOR), ("down", DOWN_COLOR), "inherit")
 
@@ -42,6 +54,7 @@ def navbar() -> rx.Component:
         rx.flex(
             _nav_link("nav.watchlist", "/"),
             _nav_link("nav.rules", "/rules"),
+            _nav_link("nav.portfolio", "/portfolio"),
             rx.link(
                 rx.flex(
                     t("nav.history"),

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import reflex as rx
 
 from app.components.i18n import t
-from app.components.layout import error_text, notice_text, page_frame
+from app.components.layout import SELECT_STYLE, error_text, notice_text, page_frame
 from app.services.rule_form import CONDITION_TYPES
 from app.states.builder import RuleBuilderState
 from engines.market import Timeframe
@@ -30,17 +30,6 @@ FREQUENCIES = ("once", "once_per_bar", "once_per_bar_close", "cooldown")
 QUIET_ACTIONS = ("defer", "drop")
 LOGICS = ("and", "or")
 TEMPLATE_TOKENS = " ".join([*(f"{{{name}}}" for name in PLACEHOLDERS), "{v1}", "{v2}", "…"])
-
-_SELECT_STYLE = {
-    "height": "40px",
-    "width": "100%",
-    "padding": "0 8px",
-    "border_radius": "6px",
-    "border": "1px solid var(--gray-a7)",
-    "background": "var(--color-surface)",
-    "color": "inherit",
-    "font_size": "16px",  # 16px keeps iOS from zooming into the field
-}
 
 
 def _slug(key: str) -> str:
@@ -115,7 +104,7 @@ def _select(
         id=f"rb-{_slug(key)}",
         value=_value(key),
         on_change=on_change or (lambda v: RuleBuilderState.set_field(key, v)),
-        style=_SELECT_STYLE,
+        style=SELECT_STYLE,
     )
 
 

@@ -168,6 +168,13 @@ async def _owned(
     return row
 
 
+async def owned_account(
+    session: AsyncSession, user_id: int, credential_id: int, ip: str = ""
+) -> AccountRow:
+    """The caller's account, without its secrets; NotFound (audited) for anyone else's."""
+    return _account_row(await _owned(session, user_id, credential_id, ip))
+
+
 async def create_kis_account(
     session: AsyncSession,
     user_id: int,

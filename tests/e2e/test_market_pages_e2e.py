@@ -56,3 +56,50 @@ async def test_symbol_chart_on_the_demo(running_app: RunningApp, browser: Browse
     await page.goto(f"{base}/symbol?code=999999")
     await expect(page.locator("#chart-not-found")).to_contain_text("999999", timeout=30_000)
     await ctx.close()
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+async def test_portfolio_and_a_paper_order_on_the_demo(
+    running_app: RunningApp, browser: Browser, width: int
+):
+    base = running_app.base_url
+    ctx = await browser.new_context(
+        viewport={"width": width, "height": 900}, locale="en-US", is_mobile=width < 500
+    )
+    page = await ctx.new_page()
+    await sign_in(page, base)
+    await page.wait_for_url(f"{base}/", timeout=60_000)
+
+    await page.goto(f"{base}/portfolio")
+    await expect(page.locator("#pf-total")).to_have_text(
+        re.compile(r"^\d{1,3}(,\d{3})+$"), timeout=30_000
+    )
+    await expect(page.locator("#pf-source")).to_have_value("paper")
+
+    # bad input: a price off the KRX tick grid is named under the price field
+    await page.fill("#pf-symbol", "005930")
+    await page.fill("#pf-qty", "2")
+    await page.fill("#pf-price", "70,030")
+    await page.click("#pf-place")
+    await expect(page.locator("#pf-error-price")).to_contain_text("70,000", timeout=15_000)
+
+    # a market buy fills at the demo's next trade; the holding appears on refresh
+    await page.select_option("#pf-type", "market")
+    await expect(page.locator("#pf-price")).to_have_count(0)
+    await page.click("#pf-place")
+    await expect(page.locator("#pf-notice")).to_have_text(
+        re.compile("Order placed.|주문이 접수되었습니다."), timeout=15_000
+    )
+    row = page.locator('.pf-row[data-symbol="005930"]')
+    for _ in range(30):
+        await page.click("#pf-refresh")
+        if await row.count():
+            break
+        await asyncio.sleep(1)
+    await expect(row).to_be_visible()
+    await expect(page.locator(".pf-fill").first).to_contain_text("005930")
+
+    await asyncio.sleep(0.5)
+    await no_horizontal_scroll(page, width)
+    await shot(page, "portfolio", width)
+    await ctx.close()

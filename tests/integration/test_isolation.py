@@ -25,7 +25,7 @@ from app.i18n import translate
 from app.models.rules import AlertRule
 from app.models.users import User, UserSession
 from app.models.watchlists import WatchlistItem
-from app.services import audit, auth, condition_rules, credentials
+from app.services import audit, auth, condition_rules, credentials, paper_accounts
 from app.services import rules as rules_service
 from app.services import watchlist as watchlist_service
 from app.states.admin import AdminState
@@ -33,7 +33,9 @@ from app.states.brokers import BrokersState
 from app.states.builder import RuleActionsState, RuleBuilderState
 from app.states.live import LiveState
 from app.states.pages import HistoryState, RulesState, WatchlistState
+from app.states.portfolio import PortfolioState
 from app.states.settings import SettingsState
+from brokers.paper.market import SimulatedMarket
 from tests.integration.helpers import make_user, seed_symbols
 
 pytestmark = pytest.mark.usefixtures("database")
@@ -137,6 +139,17 @@ async def brokers_test_connection(root: State, a: Objects) -> None:
     assert (await root.get_state(BrokersState)).error
 
 
+async def portfolio_cancel(root: State, a: Objects) -> None:
+    await _call(root, PortfolioState, "cancel", str(a["paper_order_id"]))
+    assert (await root.get_state(PortfolioState)).error
+
+
+async def portfolio_choose_source(root: State, a: Objects) -> None:
+    await _call(root, PortfolioState, "choose_source", f"kis:{a['credential_id']}")
+    state = await root.get_state(PortfolioState)
+    assert state.error and state.source == "paper"
+
+
 async def admin_set_role(root: State, a: Objects) -> None:
     await _call(root, AdminState, "set_role", str(a["user_id"]), "user")
 
@@ -170,6 +183,8 @@ ATTACKS: dict[tuple[str, str], Attack] = {
     ("SettingsState", "revoke"): sessions_revoke,
     ("BrokersState", "delete"): brokers_delete,
     ("BrokersState", "test_connection"): brokers_test_connection,
+    ("PortfolioState", "cancel"): portfolio_cancel,
+    ("PortfolioState", "choose_source"): portfolio_choose_source,
     ("AdminState", "set_role"): admin_set_role,
     ("AdminState", "set_active"): admin_set_active,
     ("AdminState", "load_users"): admin_load_users,
@@ -201,6 +216,12 @@ OWN_DATA_ONLY: dict[tuple[str, str], str] = {
     ("AdminState", "filter_audit"): "stores filter text; load_audit re-checks the role",
     ("BrokersState", "load"): "lists the caller's accounts (checked below)",
     ("BrokersState", "create"): "creates an account for the caller",
+    ("PortfolioState", "load"): "the caller's paper account and own broker accounts "
+    "(checked below)",
+    ("PortfolioState", "refresh"): "re-reads the source the caller chose (checked on choice)",
+    ("PortfolioState", "leave"): "forgets only this browser tab's open page",
+    ("PortfolioState", "set_order_field"): "edits the caller's own order form",
+    ("PortfolioState", "place"): "places on the caller's own paper account",
     ("ChartState", "load"): "public market data plus the caller's own alert levels "
     "(test_chart.py: another user's levels are never drawn)",
     ("ChartState", "set_timeframe"): "re-renders for the caller resolved from the cookie",
@@ -303,6 +324,9 @@ async def _setup() -> tuple[Objects, User, str]:
             hts_id="alicehts",
             is_paper=True,
         )
+        ack = await paper_accounts.place_order(
+            s, a.id, SimulatedMarket(seed=1), symbol="005930", side="buy", qty=1, price=50_000
+        )
     objects = {
         "user_id": a.id,
         "item_id": item.id,
@@ -312,6 +336,7 @@ async def _setup() -> tuple[Objects, User, str]:
         "session_id": a_session.id,
         "credential_id": account.id,
         "a_token": a_token,
+        "paper_order_id": ack.order_id,
     }
     return objects, b, b_token
 
@@ -337,6 +362,10 @@ async def _a_is_untouched(objects: Objects) -> None:
         assert (await auth.resolve_session(s, objects["a_token"])).id == a.id
         assert [r.id for r in await credentials.list_accounts(s, a.id)] == [
             objects["credential_id"]
+        ]
+        orders = await paper_accounts.list_orders(s, a.id)
+        assert [(o.order_id, o.state.value) for o in orders] == [
+            (objects["paper_order_id"], "open")
         ]
 
 
@@ -364,6 +393,9 @@ async def test_user_b_is_refused_on_every_handler_and_each_refusal_is_audited():
     assert agents == ["B-browser"]
     await _call(root, BrokersState, "load")
     assert (await root.get_state(BrokersState)).rows == []
+    await _call(root, PortfolioState, "load")
+    portfolio = await root.get_state(PortfolioState)
+    assert [s["key"] for s in portfolio.sources] == ["paper"] and portfolio.orders == []
     live = await root.get_state(LiveState)
     await live._refresh(b.id)
     assert live.watch_rows == []
