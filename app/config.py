@@ -81,7 +81,6 @@ class Settings(BaseSettings):
     kis_service_app_key: str = ""
     kis_service_app_secret: str = ""
     kis_service_paper: bool = False
-    kis_service_max_sessions: int = Field(default=1, ge=1)
 
     # Kiwoom REST API hosts
     kiwoom_base_url: str = "https://api.kiwoom.com"
