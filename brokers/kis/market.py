@@ -4,7 +4,7 @@ The hub opens one of these per service app key (KIS allows one websocket session
 per key, about 40 subscriptions each) and spreads symbols over them, so this
 class streams exactly one key. Quotes go over REST with the same key, through its
 shared rate limiter and encrypted token cache; gap-repaired 1-minute candles
-are offered on :meth:`candles` for the runner to store.
+are offered on :meth:`repaired_candles`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class KisMarketData:
     def ticks(self) -> AsyncIterator[Tick]:
         return self.stream.ticks()
 
-    def candles(self) -> AsyncIterator[Candle]:
+    def repaired_candles(self) -> AsyncIterator[Candle]:
+        """Final 1m candles with outage minutes replaced by REST bars (``KisStream``)."""
         return self.stream.candles()
 
     async def close(self) -> None:

@@ -804,3 +804,27 @@ async def test_cached_token_repr_is_redacted():
     token = CachedToken("eyJ-very-secret", datetime.now(UTC), datetime.now(UTC))
     assert "eyJ-very-secret" not in repr(token) and "eyJ-very-secret" not in str(token)
     assert CachedToken.from_json(token.to_json()) == token
+
+
+async def test_kis_broker_is_a_full_broker_over_the_users_own_key(kis_factory):
+    from brokers.base import Broker, SymbolInfo
+    from brokers.kis.broker import KisBroker
+    from brokers.kis.stream import KisStream
+
+    kis = kis_factory(paper=True, quotes={SAMSUNG: FakeQuote(70_000, 69_000, 0, 0, 0, 0)})
+    kis.at(FIXED_NOW)
+    rest = kis.rest()
+    stream = KisStream(
+        [(kis.app_key, SECRET)], ws_url="ws://127.0.0.1:9", rest_base_url=kis.server.base_url
+    )
+    broker = KisBroker(rest, stream, [SymbolInfo(SAMSUNG, "삼성전자", "Samsung", "KOSPI")])
+    assert isinstance(broker, Broker)
+    quote = await broker.quote(SAMSUNG)
+    assert (quote.price, quote.prev_close) == (70_000, 69_000)
+    ack = await broker.place_order(OrderRequest(SAMSUNG, OrderSide.BUY, 2, OrderType.LIMIT, 70_000))
+    assert [tr for tr, _ in kis.fake.orders_seen] == ["VTTC0012U"]
+    await broker.cancel_order(ack)
+    assert [tr for tr, _ in kis.fake.orders_seen] == ["VTTC0012U", "VTTC0013U"]
+    with pytest.raises(UnknownSymbol):
+        await broker.quote("000000")  # not in the master list: refused before any request
+    await broker.close()
