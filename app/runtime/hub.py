@@ -24,9 +24,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from brokers.base import MarketData, Quote, SymbolInfo
-from engines.market import Tick
+from engines.market import Candle, Tick
 
 __all__ = ["MarketHub", "Upstream"]
 
@@ -275,6 +276,40 @@ class MarketHub:
                 log.exception("upstream %d stream failed; restarting in %.0fs", up.index, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, PUMP_RETRY_MAX)
+
+    # ---- gap-repaired candles (sources that offer them: KIS) ---------------------------
+    def close_candles_until(self, ts: datetime) -> None:
+        for up in self.upstreams:
+            closer = getattr(up.source, "close_candles_until", None)
+            if closer is not None:
+                closer(ts)
+
+    async def repaired_candles(self) -> AsyncIterator[Candle]:
+        """1m candles that replace what an outage left partial, from every session that
+        repairs gaps; sessions opened later join on the next call."""
+        sources = [
+            up.source.repaired_candles()
+            for up in self.upstreams
+            if hasattr(up.source, "repaired_candles")
+        ]
+        if not sources:
+            return
+        queue: asyncio.Queue[Candle] = asyncio.Queue()
+
+        async def drain(it: AsyncIterator[Candle]) -> None:
+            async for candle in it:
+                queue.put_nowait(candle)
+
+        tasks = [asyncio.create_task(drain(it)) for it in sources]
+        try:
+            while not self._closed.is_set() and not all(t.done() for t in tasks):
+                try:
+                    yield await asyncio.wait_for(queue.get(), 1.0)
+                except TimeoutError:
+                    continue
+        finally:
+            for t in tasks:
+                t.cancel()
 
     async def close(self) -> None:
         self._closed.set()

@@ -123,6 +123,7 @@ class Runner:
             asyncio.create_task(self._tick_loop(), name="runner-ticks"),
             asyncio.create_task(self._ui_loop(), name="runner-ui"),
             asyncio.create_task(self._bar_loop(), name="runner-bars"),
+            asyncio.create_task(self._repair_loop(), name="runner-repairs"),
             asyncio.create_task(self.delivery.run(), name="runner-delivery"),
         ]
         try:
@@ -382,6 +383,7 @@ class Runner:
                 now = self.market_clock()
                 if now is not None:
                     await self._conditions_result(self.conditions.close_until(now))
+                    self.hub.close_candles_until(now)
                 await self.flush_candles()
                 if loop.time() - pruned_at >= PRUNE_EVERY:
                     pruned_at = loop.time()
@@ -392,6 +394,20 @@ class Runner:
                 raise
             except Exception:
                 log.exception("bar close / candle storage pass failed; will retry")
+
+    async def _repair_loop(self) -> None:
+        """Store the broker's gap-repaired 1m candles over the partial ones built live
+        during an outage (the store upserts by symbol, timeframe and start)."""
+        while True:
+            try:
+                async for candle in self.hub.repaired_candles():
+                    self._candles.append(candle)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("repaired-candle stream failed; restarting")
+                await asyncio.sleep(5)
 
     async def flush_candles(self) -> int:
         if not self._candles:

@@ -10,6 +10,7 @@ are offered on :meth:`repaired_candles`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime
 
 from brokers.base import Quote, SymbolInfo, UnknownSymbol
 from brokers.kis.rest import KisRest
@@ -50,6 +51,10 @@ class KisMarketData:
     def repaired_candles(self) -> AsyncIterator[Candle]:
         """Final 1m candles with outage minutes replaced by REST bars (``KisStream``)."""
         return self.stream.candles()
+
+    def close_candles_until(self, ts: datetime) -> None:
+        """The runner's bar timer: lets quiet minutes and repaired gaps finalize."""
+        self.stream.close_candles_until(ts)
 
     async def close(self) -> None:
         try:

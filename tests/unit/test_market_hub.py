@@ -16,7 +16,7 @@ import pytest
 
 from app.runtime.hub import MarketHub
 from brokers.base import BrokerError, Quote, SymbolInfo, UnknownSymbol
-from engines.market import Tick
+from engines.market import Candle, Tick, Timeframe
 
 T0 = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)
 CODES = [f"{i:06d}" for i in range(1, 121)]
@@ -214,3 +214,48 @@ async def test_a_failing_session_stream_is_restarted_without_losing_the_others(m
 def test_bad_configuration_is_refused(capacity: int, sessions: int):
     with pytest.raises(ValueError):
         MarketHub(lambda i: RecordingSource(i, None, []), capacity=capacity, max_sessions=sessions)
+
+
+class RepairingSource(RecordingSource):
+    """A session that repairs gaps, as KIS's does: a candle queue and a bar timer."""
+
+    def __init__(self, index: int, limit: int | None, log: list[tuple[int, str, str]]) -> None:
+        super().__init__(index, limit, log)
+        self.repaired: asyncio.Queue[Candle] = asyncio.Queue()
+        self.closed_until: list[datetime] = []
+
+    async def repaired_candles(self) -> AsyncIterator[Candle]:
+        while True:
+            yield await self.repaired.get()
+
+    def close_candles_until(self, ts: datetime) -> None:
+        self.closed_until.append(ts)
+
+
+async def test_repaired_candles_of_every_session_reach_one_stream_and_timers_reach_all():
+    sources: list[RepairingSource] = []
+
+    def factory(i: int) -> RepairingSource:
+        sources.append(RepairingSource(i, 1, []))
+        return sources[-1]
+
+    hub = MarketHub(factory, capacity=1, max_sessions=2)
+    await hub.set_interest("user:1", CODES[:2])
+    hub.close_candles_until(T0)
+    assert [s.closed_until for s in sources] == [[T0], [T0]]
+    got: list[Candle] = []
+
+    async def consume() -> None:
+        async for candle in hub.repaired_candles():
+            got.append(candle)
+
+    task = asyncio.create_task(consume())
+    for i, src in enumerate(sources):
+        await src.repaired.put(Candle(CODES[i], Timeframe.M1, T0, 10, 12, 9, 11, 5 + i))
+    for _ in range(100):
+        if len(got) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted((c.symbol, c.volume) for c in got) == [(CODES[0], 5), (CODES[1], 6)]
+    await hub.close()
+    await asyncio.wait_for(task, 3)
