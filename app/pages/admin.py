@@ -18,6 +18,9 @@ STATUS_KEYS = (
     "runner",
     "subscribed",
     "ticks_seen",
+    "upstream_sessions",
+    "symbols_waiting",
+    "paper_accounts_open",
 )
 
 

@@ -17,6 +17,15 @@ from app.states.session import SessionState
 KST = ZoneInfo("Asia/Seoul")
 
 
+def _sessions_text(status: dict) -> str:
+    """ "40/40 · 20/40": how full each upstream session is (∞ for the simulated market)."""
+    parts = []
+    for sess in status["sessions"]:
+        cap = "∞" if sess["capacity"] is None else str(sess["capacity"])
+        parts.append(f"{sess['symbols']}/{cap}")
+    return " · ".join(parts)
+
+
 class AdminState(rx.State):
     users: list[dict[str, str]] = []
     entries: list[dict[str, str]] = []
@@ -153,5 +162,8 @@ class AdminState(rx.State):
             "runner": "on" if runner else "off",
             "subscribed": str(len(runner.subscribed)) if runner else "0",
             "ticks_seen": str(runner.ticks_seen) if runner else "0",
+            "upstream_sessions": _sessions_text(runner.hub.status()) if runner else "0",
+            "symbols_waiting": str(len(runner.hub.pending)) if runner else "0",
+            "paper_accounts_open": str(len(runner.paper.brokers)) if runner else "0",
         }
         return None

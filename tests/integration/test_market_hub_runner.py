@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from datetime import timedelta
 
 import pytest
+from reflex.istate.data import RouterData
+from reflex.state import State
 
 from app import db
-from app.runtime.runner import Runner
+from app.models.users import User
+from app.runtime.runner import Runner, set_current_runner
+from app.services import auth, watchlist
 from app.services import rules as rules_service
-from app.services import watchlist
+from app.states.admin import AdminState
 from brokers.paper.market import SimulatedMarket
 from tests.integration.helpers import make_user, seed_symbols, settings
 
@@ -90,3 +95,31 @@ async def test_three_users_overlapping_symbols_one_upstream_subscription_each():
     await runner.set_interest("chart:tab2", [])
     assert "051910" not in market.subscribed and market.calls["unsub", "051910"] == 1
     assert max(v for k, v in market.calls.items() if k[0] == "sub") == 1
+
+
+async def test_admin_status_shows_how_full_the_upstream_sessions_are():
+    await seed_symbols()
+    admin = await make_user("admin@example.com")
+    async with db.session() as s:
+        row = await s.get(User, admin.id)
+        row.role = "admin"
+        s.add(row)
+        await s.commit()
+        await watchlist.add(s, admin.id, "005930")
+        await watchlist.add(s, admin.id, "000660")
+        token = await auth.create_session(s, admin, timedelta(hours=1), "browser", "7.7.7.7")
+    runner = Runner(settings(), CountingMarket())
+    await runner.sync_once()
+    root = State(_reflex_internal_init=True)
+    root.router = RouterData.from_router_data(
+        {"headers": {"cookie": f"tw_session={token}"}, "ip": "7.7.7.7", "token": "client-adm"}
+    )
+    set_current_runner(runner)
+    try:
+        state = await root.get_state(AdminState)
+        await AdminState.event_handlers["load_status"].fn(state)
+    finally:
+        set_current_runner(None)
+    assert state.status["upstream_sessions"] == "2/∞"
+    assert state.status["symbols_waiting"] == "0"
+    assert state.status["subscribed"] == "2"
