@@ -20,7 +20,7 @@ from app.models.common import utcnow
 from app.services import credentials, paper_accounts
 from app.services.broker_tokens import VaultTokenStore
 from app.services.errors import ValidationFailed
-from brokers.base import Balance, BrokerError, MarketData, Position
+from brokers.base import Balance, BrokerError, MarketData
 from brokers.kis.rest import KisRest
 
 log = logging.getLogger(__name__)
@@ -30,35 +30,25 @@ PAPER = "paper"
 
 @dataclass(frozen=True, slots=True)
 class PortfolioView:
+    """A :class:`Balance` plus what only some sources know. Valuation and unrealized
+    P&L come from the balance itself, so every source computes them one way."""
+
     source: str
-    cash: int
+    balance: Balance
     orderable_cash: int
-    positions: tuple[Position, ...]
     as_of: datetime
     realized_pnl: int | None = None
     """Known for the paper account (its fills are ours); KIS does not report it here."""
     initial_cash: int | None = None
 
     @property
-    def holdings_value(self) -> int:
-        return sum(p.value for p in self.positions)
-
-    @property
-    def total(self) -> int:
-        return self.cash + self.holdings_value
-
-    @property
-    def unrealized_pnl(self) -> int:
-        return sum(p.pnl for p in self.positions)
-
-    @property
     def unrealized_pct(self) -> float:
-        cost = sum(p.cost for p in self.positions)
-        return self.unrealized_pnl / cost * 100.0 if cost else 0.0
+        cost = sum(p.cost for p in self.balance.positions)
+        return self.balance.pnl / cost * 100.0 if cost else 0.0
 
     @property
     def total_pnl(self) -> int | None:
-        return None if self.initial_cash is None else self.total - self.initial_cash
+        return None if self.initial_cash is None else self.balance.total - self.initial_cash
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,20 +95,15 @@ async def view(
         summary = await paper_accounts.account_summary(session, user_id, market, settings)
         return PortfolioView(
             source=PAPER,
-            cash=summary.balance.cash,
+            balance=summary.balance,
             orderable_cash=summary.orderable_cash,
-            positions=summary.balance.positions,
             as_of=utcnow(),
             realized_pnl=summary.realized_pnl,
             initial_cash=summary.initial_cash,
         )
     balance = await kis_balance(session, user_id, _kis_id(source), settings)
     return PortfolioView(
-        source=source,
-        cash=balance.cash,
-        orderable_cash=balance.cash,
-        positions=balance.positions,
-        as_of=utcnow(),
+        source=source, balance=balance, orderable_cash=balance.cash, as_of=utcnow()
     )
 
 

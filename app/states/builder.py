@@ -15,12 +15,12 @@ from __future__ import annotations
 import bisect
 import logging
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 import plotly.graph_objects as go
 import reflex as rx
 
 from app import db
+from app.components.candles import bar_labels, candlestick
 from app.i18n import catalog
 from app.models.users import User
 from app.services import condition_rules
@@ -35,15 +35,12 @@ from app.services.rule_form import (
 )
 from app.states.pages import RulesState, _error_text
 from app.states.session import SessionState
-from engines.market import Candle, Timeframe
+from engines.market import Candle
 from engines.rules.conditions import MAX_CONDITIONS
 from engines.rules.evaluator import ConditionFired
 
 log = logging.getLogger(__name__)
 
-KST = ZoneInfo("Asia/Seoul")
-UP_COLOR = "#d1242f"  # Korean convention: rising candles red, falling blue
-DOWN_COLOR = "#1f5fd1"
 MAX_VALUE_LEN = 1_000  # longer than any valid input (templates stop at 500)
 
 BASE_FIELDS: dict[str, str] = {
@@ -135,15 +132,6 @@ def _quoting_input(key: str, code: str) -> bool:
     return row is not None and row[1] in OPERAND_FIELDS and code in _OPERAND_READ_ERRORS
 
 
-def _bar_labels(candles: list[Candle]) -> list[str]:
-    """X-axis labels in KST: dates for daily and weekly bars, date and time otherwise."""
-    if not candles:
-        return []
-    daily = candles[0].timeframe in (Timeframe.D1, Timeframe.W1)
-    fmt = "%Y-%m-%d" if daily else "%m-%d %H:%M"
-    return [c.start.astimezone(KST).strftime(fmt) for c in candles]
-
-
 def _bar_of(starts: list[datetime], fired: ConditionFired) -> int:
     """The index of the bar a firing belongs to.
 
@@ -160,22 +148,10 @@ def preview_figure(candles: list[Candle], firings: list[ConditionFired], title: 
 
     The x axis is categorical, so nights, weekends and holidays leave no gaps.
     """
-    labels = _bar_labels(candles)
+    labels = bar_labels(candles)
     starts = [c.start for c in candles]
     fig = go.Figure()
-    fig.add_trace(
-        go.Candlestick(
-            x=labels,
-            open=[c.open for c in candles],
-            high=[c.high for c in candles],
-            low=[c.low for c in candles],
-            close=[c.close for c in candles],
-            increasing={"line": {"color": UP_COLOR}, "fillcolor": UP_COLOR},
-            decreasing={"line": {"color": DOWN_COLOR}, "fillcolor": DOWN_COLOR},
-            name="",
-            showlegend=False,
-        )
-    )
+    fig.add_trace(candlestick(candles, labels))
     bars = [_bar_of(starts, f) for f in firings] if candles else []
     fig.add_trace(
         go.Scatter(

@@ -12,23 +12,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 import plotly.graph_objects as go
 import reflex as rx
 from plotly.subplots import make_subplots
 
 from app import db
+from app.components.candles import bar_labels, candlestick, volume_colors
 from app.config import get_settings
 from app.runtime.runner import current_runner
 from app.services import chart as chart_service
 from app.services import symbols as symbols_service
-from app.states.builder import DOWN_COLOR, UP_COLOR
 from app.states.session import SessionState
 from engines.market import Candle, Timeframe, change_pct
 
 log = logging.getLogger(__name__)
-KST = ZoneInfo("Asia/Seoul")
 MAX_LIVE_SECONDS = 4 * 3600
 """A chart left open in a forgotten tab stops updating after this long; reloading resumes."""
 
@@ -38,35 +36,15 @@ OVERLAY_STYLE = {
 }
 
 
-def _labels(candles: list[Candle], tf: Timeframe) -> list[str]:
-    fmt = "%Y-%m-%d" if tf is Timeframe.D1 else "%m-%d %H:%M"
-    return [c.start.astimezone(KST).strftime(fmt) for c in candles]
-
-
 def build_figure(
     candles: list[Candle],
-    tf: Timeframe,
     overlays: list[str],
     levels: list[chart_service.ChartLevel],
 ) -> go.Figure:
     """Price on top, volume below, on a categorical x axis (no gaps for nights)."""
-    x = _labels(candles, tf)
+    x = bar_labels(candles)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.76, 0.24])
-    fig.add_trace(
-        go.Candlestick(
-            x=x,
-            open=[c.open for c in candles],
-            high=[c.high for c in candles],
-            low=[c.low for c in candles],
-            close=[c.close for c in candles],
-            increasing={"line": {"color": UP_COLOR}, "fillcolor": UP_COLOR},
-            decreasing={"line": {"color": DOWN_COLOR}, "fillcolor": DOWN_COLOR},
-            name="",
-            showlegend=False,
-        ),
-        row=1,
-        col=1,
-    )
+    fig.add_trace(candlestick(candles, x), row=1, col=1)
     for kind in overlays:
         lines = chart_service.overlay(candles, kind)
         if kind == "bb":
@@ -102,7 +80,7 @@ def build_figure(
         go.Bar(
             x=x,
             y=[c.volume for c in candles],
-            marker={"color": [UP_COLOR if c.close >= c.open else DOWN_COLOR for c in candles]},
+            marker={"color": volume_colors(candles)},
             name="",
             showlegend=False,
         ),
@@ -237,7 +215,7 @@ class ChartState(rx.State):
         if signature == self._signature:
             return False
         self._signature = signature
-        self.figure = build_figure(candles, tf, list(self.overlays), levels)
+        self.figure = build_figure(candles, list(self.overlays), levels)
         self.bars = len(candles)
         self.levels = len(levels)
         if quote is not None:

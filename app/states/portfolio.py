@@ -158,15 +158,16 @@ class PortfolioState(rx.State):
             self.error = _error_text(session, exc.code, exc.params)
             return
         self.error = ""
-        names = await self._names([p.symbol for p in view.positions], session.ui_lang)
+        balance = view.balance
+        names = await self._names([p.symbol for p in balance.positions], session.ui_lang)
         self.summary = {
-            "cash": f"{view.cash:,}",
+            "cash": f"{balance.cash:,}",
             "orderable": f"{view.orderable_cash:,}",
-            "holdings": f"{view.holdings_value:,}",
-            "total": f"{view.total:,}",
-            "unrealized": f"{view.unrealized_pnl:+,}",
+            "holdings": f"{balance.holdings_value:,}",
+            "total": f"{balance.total:,}",
+            "unrealized": f"{balance.pnl:+,}",
             "unrealized_pct": f"{view.unrealized_pct:+.2f}%",
-            "unrealized_dir": _pnl_dir(view.unrealized_pnl),
+            "unrealized_dir": _pnl_dir(balance.pnl),
             "realized": "" if view.realized_pnl is None else f"{view.realized_pnl:+,}",
             "realized_dir": _pnl_dir(view.realized_pnl or 0),
             "total_pnl": "" if view.total_pnl is None else f"{view.total_pnl:+,}",
@@ -184,7 +185,7 @@ class PortfolioState(rx.State):
                 "pnl_pct": f"{p.pnl_pct:+.2f}%",
                 "dir": _pnl_dir(p.pnl),
             }
-            for p in view.positions
+            for p in balance.positions
         ]
         self.orders = [
             {

@@ -159,9 +159,7 @@ async def test_chart_state_without_a_session_redirects_to_login():
 
 def test_figure_draws_levels_and_volume():
     candles = _daily("005930", [70_000, 71_000, 70_500])
-    fig = build_figure(
-        candles, Timeframe.D1, ["ma20"], [chart_service.ChartLevel(72_000.0, 1, "x")]
-    )
+    fig = build_figure(candles, ["ma20"], [chart_service.ChartLevel(72_000.0, 1, "x")])
     assert [tr.type for tr in fig.data] == ["candlestick", "scatter", "bar"]
     assert list(fig.data[2].y) == [1000, 1001, 1002]
     assert [shape.y0 for shape in fig.layout.shapes] == [72_000.0]
