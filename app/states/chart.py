@@ -145,6 +145,7 @@ class ChartState(rx.State):
     not_found: bool = False
     _generation: int = 0
     _signature: tuple = ()
+    _moved: tuple = ()
 
     @rx.var
     def timeframes(self) -> list[str]:
@@ -181,6 +182,7 @@ class ChartState(rx.State):
             self.timeframe = Timeframe.D1.value
         self._generation += 1
         self._signature = ()
+        self._moved = ()
         await self._render(user_id)
         runner = current_runner()
         if runner is not None:
@@ -190,8 +192,14 @@ class ChartState(rx.State):
     def _consumer(self) -> str:
         return f"chart:{self.router.session.client_token}"
 
-    async def _render(self, user_id: int) -> bool:
-        """Rebuild the figure if anything it shows changed; True if it did."""
+    async def _render(self, user_id: int, *, live: bool = False) -> bool:
+        """Rebuild the figure if anything it shows changed; True if it did.
+
+        ``live`` (the follow loop) first compares what the runner holds in memory
+        (the forming bar, unsaved closed bars, the last price) and skips the
+        database entirely when none of it moved: an open chart on a quiet symbol
+        costs no queries.
+        """
         tf = Timeframe(self.timeframe)
         runner = current_runner()
         pending: list[Candle] = []
@@ -200,17 +208,25 @@ class ChartState(rx.State):
         if runner is not None:
             pending, forming = runner.chart_live(self.code, tf)
             quote = runner.quotes.get(self.code)
+        moved = (
+            self.timeframe,
+            tuple(self.overlays),
+            forming,
+            pending[-1] if pending else None,
+            None if quote is None else quote.price,
+        )
+        if live and moved == self._moved:
+            return False
+        self._moved = moved
         async with db.session() as s:
             candles = await chart_service.series(s, self.code, tf, pending=pending, forming=forming)
             levels = await chart_service.alert_levels(s, user_id, self.code)
         last = candles[-1] if candles else None
         signature = (
-            self.timeframe,
-            tuple(self.overlays),
+            moved,
             len(candles),
-            None if last is None else (last.start, last.high, last.low, last.close, last.volume),
+            last,
             tuple(lv.price for lv in levels),
-            None if quote is None else quote.price,
         )
         if signature == self._signature:
             return False
@@ -271,7 +287,7 @@ class ChartState(rx.State):
                     user_id = await self._user_id()
                     if user_id is None:
                         return
-                    await self._render(user_id)
+                    await self._render(user_id, live=True)
         except Exception:
             log.exception("chart updates for %s stopped", self.code)
         runner = current_runner()

@@ -163,3 +163,22 @@ def test_figure_draws_levels_and_volume():
     assert [tr.type for tr in fig.data] == ["candlestick", "scatter", "bar"]
     assert list(fig.data[2].y) == [1000, 1001, 1002]
     assert [shape.y0 for shape in fig.layout.shapes] == [72_000.0]
+
+
+async def test_a_live_update_on_a_quiet_symbol_costs_no_query(monkeypatch):
+    await seed_symbols()
+    user = await make_user("quiet@example.com")
+    async with db.session() as s:
+        await candle_store.store(s, _daily("005930", [70_000 + 100 * i for i in range(5)]))
+    state = await _root(await _token(user), "005930").get_state(ChartState)
+    await ChartState.event_handlers["load"].fn(state)
+    assert state.bars == 5
+
+    async def no_query(*args, **kwargs):
+        raise AssertionError("the database was queried although nothing moved")
+
+    monkeypatch.setattr(chart_service, "series", no_query)
+    assert await state._render(user.id, live=True) is False
+    # a user action re-reads regardless (here: the patched query proves it is called)
+    with pytest.raises(AssertionError, match="nothing moved"):
+        await state._render(user.id)
