@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from app import db
 from app.config import Settings
@@ -39,28 +39,45 @@ class PaperDesk:
         self.on_fill = on_fill
         self.brokers: dict[int, PaperBroker] = {}  # user id -> broker
         self._by_symbol: dict[str, set[int]] = {}
+        self._seen: dict[int, tuple[int, int, int]] = {}
         self.fills = 0
+        self.reloads = 0
 
     async def sync(self) -> set[str]:
-        """Load brokers for accounts with open orders, drop the rest; return symbols needed."""
+        """Load brokers for accounts with open orders, drop the rest; return symbols needed.
+
+        An account is re-read only when its open orders changed (their count, the
+        newest id, or the account's revision after a reset), so a sync pass over
+        thousands of resting orders is one grouped query, not a reload each.
+        """
         async with db.session() as s:
             rows = (
                 await s.exec(
-                    select(PaperAccount.user_id)
+                    select(
+                        PaperAccount.user_id,
+                        PaperAccount.revision,
+                        func.count(col(PaperOrderRow.id)),
+                        func.max(PaperOrderRow.id),
+                    )
                     .join(PaperOrderRow, col(PaperOrderRow.account_id) == col(PaperAccount.id))
                     .where(col(PaperOrderRow.state).in_(OPEN_STATES))
-                    .distinct()
+                    .group_by(col(PaperAccount.user_id), col(PaperAccount.revision))
                 )
             ).all()
-            users = set(rows)
-            for user_id in users - set(self.brokers):
+            seen = {user_id: (rev, n, newest) for user_id, rev, n, newest in rows}
+            for user_id in seen.keys() - self.brokers.keys():
                 self.brokers[user_id] = await paper_accounts.open_broker(
                     s, user_id, self.market, self.settings
                 )
-        for user_id in set(self.brokers) - users:
+                self._seen[user_id] = seen[user_id]
+        for user_id in self.brokers.keys() - seen.keys():
             del self.brokers[user_id]
-        for user_id in users & set(self.brokers):
-            await self.brokers[user_id].reload()
+            self._seen.pop(user_id, None)
+        for user_id, signature in seen.items():
+            if self._seen.get(user_id) != signature:
+                await self.brokers[user_id].reload()
+                self._seen[user_id] = signature
+                self.reloads += 1
         self._reindex()
         return set(self._by_symbol)
 

@@ -34,6 +34,9 @@ async def test_a_market_order_fills_at_the_next_streamed_trade_for_the_right_use
         )
     await runner.sync_once()
     assert set(runner.paper.brokers) == {alice.id, bob.id}
+    reloads = runner.paper.reloads
+    await runner.sync_once()  # nothing changed: no account is re-read
+    assert runner.paper.reloads == reloads
     assert runner.hub.refcount("000660") == 1  # only the desk wants it: nobody watches it
     assert "000660" in market._subscribed
 
