@@ -4,7 +4,8 @@ Every call goes through one path (:meth:`KisRest._request`) so the rules KIS
 enforces are applied once, in order:
 
 1. a valid access token (cached, see ``tokens``), in the headers KIS expects;
-2. the app key's shared rate limiter (``ratelimit``), before the request is sent;
+2. a slot of the app key's shared rate limiter (:mod:`brokers.ratelimit`), held while
+   the request is in flight so the window starts when the answer is back;
 3. the answer's code decides, not its HTTP status (both are known to vary):
    ``EGW00201`` backs off with jitter and retries a bounded number of times,
    ``EGW00123`` re-issues the token once and retries once, business errors map to
@@ -77,8 +78,8 @@ from brokers.kis.parsing import (
     parse_status,
     timeframe_of,
 )
-from brokers.kis.ratelimit import SlidingWindowLimiter, limiter_for
 from brokers.kis.tokens import DEFAULT_MARGIN, TokenManager, TokenStore, key_id
+from brokers.ratelimit import SlidingWindowLimiter, limiter_for
 from engines.market import KST, Candle, Timeframe, is_on_tick
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ __all__ = ["KisRest", "Paths"]
 
 REAL_RATE_PER_S = 20.0
 PAPER_RATE_PER_S = 2.0
+RATE_WINDOW_MARGIN_S = 0.05
+"""Added to KIS's one-second window. Slots held in flight already keep the server
+from seeing more than the limit; this covers a server that rounds its stamps."""
 DAILY_ROWS_PER_CALL = 100
 MAX_PAGES = 200  # ~20,000 daily bars or rows: past that, the server is not paging
 _SYMBOL = re.compile(r"^[0-9A-Z]{6}$")
@@ -157,7 +161,7 @@ class KisRest:
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self.rate_per_s = rate_per_s or (PAPER_RATE_PER_S if paper else REAL_RATE_PER_S)
-        self.limiter = limiter or limiter_for(app_key, self.rate_per_s)
+        self.limiter = limiter or limiter_for(app_key, self.rate_per_s, margin=RATE_WINDOW_MARGIN_S)
         self.tokens = TokenManager(
             self._client,
             self.base_url,
@@ -223,15 +227,15 @@ class KisRest:
         rate_retries = 0
         while True:
             token = await self.tokens.token()
-            await self.limiter.acquire()
             try:
-                response = await self._client.request(
-                    method,
-                    url,
-                    params=params,
-                    content=content,
-                    headers=self._headers(token, tr, tr_cont),
-                )
+                async with self.limiter.slot():
+                    response = await self._client.request(
+                        method,
+                        url,
+                        params=params,
+                        content=content,
+                        headers=self._headers(token, tr, tr_cont),
+                    )
             except httpx.TimeoutException as exc:
                 unknown = " (order outcome unknown: check orders before resending)" if order else ""
                 raise BrokerUnavailable(f"KIS {tr} timed out{unknown}") from exc

@@ -7,9 +7,9 @@ See :mod:`brokers.kiwoom.broker` for what is supported and
 from brokers.kiwoom.auth import AccessToken, MemoryTokenStore, TokenManager, TokenStore
 from brokers.kiwoom.broker import KiwoomBroker, KiwoomUnsupported
 from brokers.kiwoom.parsing import MalformedResponse
-from brokers.kiwoom.ratelimit import SlidingWindowLimiter
 from brokers.kiwoom.rest import CredentialsRejected, KiwoomApiError, KiwoomRest
 from brokers.kiwoom.ws import KiwoomStream
+from brokers.ratelimit import SlidingWindowLimiter
 
 __all__ = [
     "AccessToken",

@@ -8,9 +8,9 @@ Every Kiwoom REST call is a ``POST`` of a JSON body with the headers ``api-id``
 
 Error policy (see :meth:`KiwoomRest.call`):
 
-* ``1700`` (too many requests): back off with jitter and retry, at most
-  ``max_rate_retries`` times, then :class:`RateLimited`. Safe for orders too:
-  a refused request was never processed.
+* ``1700`` (too many requests): pause the whole limiter for a jittered, growing
+  backoff and retry, at most ``max_rate_retries`` times, then :class:`RateLimited`.
+  Safe for orders too: a refused request was never processed.
 * ``8005`` (token invalid) or HTTP 401: drop the token, issue a new one once and
   retry once, then :class:`AuthExpired`.
 * HTTP 5xx, timeouts, connection errors: :class:`BrokerUnavailable`, never retried
@@ -23,7 +23,6 @@ Error policy (see :meth:`KiwoomRest.call`):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -58,7 +57,7 @@ from brokers.kiwoom.parsing import (
     parse_quote,
     return_code,
 )
-from brokers.kiwoom.ratelimit import SlidingWindowLimiter
+from brokers.ratelimit import SlidingWindowLimiter
 from engines.market import Candle, is_on_tick
 
 __all__ = [
@@ -121,7 +120,7 @@ class KiwoomRest:
     """A Kiwoom REST client for one app key.
 
     ``rate_per_second`` is the client-side limit (sliding 1-second window, see
-    :mod:`brokers.kiwoom.ratelimit`) shared by every call of this client, token
+    :mod:`brokers.ratelimit`) shared by every call of this client, token
     issues included. ``client`` may be injected
     (tests, connection pooling); otherwise the client owns one.
     """
@@ -210,7 +209,7 @@ class KiwoomRest:
                 attempt += 1
                 if attempt > self._max_rate_retries:
                     raise RateLimited(f"token issue: {msg}")
-                await asyncio.sleep(self._backoff(attempt))
+                self.limiter.pause(self._backoff(attempt))
                 continue
             if code != 0 or status >= 400:
                 log.warning("kiwoom: token issue refused: %s %s", code, msg)
@@ -258,7 +257,7 @@ class KiwoomRest:
                     raise RateLimited(f"{api_id}: {msg}".strip())
                 delay = self._backoff(rate_attempt)
                 log.info("kiwoom: %s rate limited, retry %d in %.2fs", api_id, rate_attempt, delay)
-                await asyncio.sleep(delay)
+                self.limiter.pause(delay)  # every call of the key holds back, not just this one
                 continue
             if code in AUTH_EXPIRED_CODES or status == 401:
                 if reissued:

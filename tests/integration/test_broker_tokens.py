@@ -21,7 +21,7 @@ from app.services.broker_tokens import (
     VaultTokenStore,
     service_owner_id,
 )
-from brokers.kis.ratelimit import reset_registry
+from brokers.ratelimit import reset_registry
 from brokers.kis.rest import KisRest
 from brokers.kis.tokens import CachedToken
 from tests.integration.helpers import make_user

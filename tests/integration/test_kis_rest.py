@@ -37,9 +37,9 @@ from brokers.base import (
 from brokers.kis import trids
 from brokers.kis.clock import SystemClock
 from brokers.kis.errors import InvalidOrder, MalformedResponse, Unsupported
-from brokers.kis.ratelimit import reset_registry
 from brokers.kis.rest import KisRest, Paths
 from brokers.kis.tokens import CachedToken, MemoryTokenStore
+from brokers.ratelimit import reset_registry
 from engines.market import KST, CandleAggregator, Tick, Timeframe
 from tests.kis_fake import DailyRow, FakeQuote, Holding, KisFake
 from tests.loopback import LoopbackServer

@@ -263,7 +263,12 @@ async def test_client_limiter_never_exceeds_its_rate_at_the_server(kiwoom, rest_
     assert fake.rate_limited() == 0
     assert fake.max_per_window(1.0) <= rate
     assert elapsed >= 3.0  # 25 calls at 8/s need 3 full windows
-    print(f"kiwoom limiter: {calls} calls in {elapsed:.2f}s, max {fake.max_per_window()}/s")
+    logging.getLogger(__name__).warning(
+        "kiwoom limiter: %d calls in %.2f s, max %d in any 1-s window at the fake",
+        calls,
+        elapsed,
+        fake.max_per_window(1.0),
+    )
 
 
 # -- paging -----------------------------------------------------------------------------

@@ -35,7 +35,6 @@ from brokers.kiwoom.parsing import (
     signed_int,
     ticks_from_real,
 )
-from brokers.kiwoom.ratelimit import SlidingWindowLimiter
 from engines.market import Candle, Tick, Timeframe
 
 NOW = datetime(2025, 3, 14, 1, 0, tzinfo=UTC)  # 10:00 KST
@@ -403,61 +402,3 @@ async def test_token_manager_issues_once_for_a_burst_and_reissues_after_invalida
     assert (await manager.token()).value == "t1" and issued == ["t0", "t1"]
     now[0] = datetime(2025, 3, 14, 23, 56, tzinfo=UTC)  # inside the 5-minute margin
     assert (await manager.token()).value == "t2"
-
-
-async def test_limiter_admits_rate_per_window_on_a_fake_clock():
-    clock = [0.0]
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(round(seconds, 6))
-        clock[0] += seconds
-
-    limiter = SlidingWindowLimiter(3, 1.0, margin=0.0, clock=lambda: clock[0], sleep=sleep)
-    stamps = []
-    for _ in range(7):
-        await limiter.acquire()
-        stamps.append(clock[0])
-    assert stamps == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 2.0]
-    assert slept == [1.0, 1.0]
-    with pytest.raises(ValueError):
-        SlidingWindowLimiter(0)
-
-
-async def test_limiter_window_starts_when_the_response_is_back():
-    """A slot is busy while its request is in flight; its window opens at the reply,
-    so the server never sees two requests of one slot closer than the window."""
-    clock = [0.0]
-
-    async def sleep(seconds: float) -> None:
-        clock[0] += seconds
-
-    limiter = SlidingWindowLimiter(1, 1.0, clock=lambda: clock[0], sleep=sleep)
-    started: list[tuple[str, float]] = []
-
-    async def request(name: str, duration: float) -> None:
-        async with limiter.slot():
-            started.append((name, clock[0]))
-            clock[0] += duration
-
-    await request("a", 0.3)
-    await request("b", 0.0)
-    assert started == [("a", 0.0), ("b", pytest.approx(1.3))]
-
-    gate = asyncio.Event()
-
-    async def in_flight() -> None:
-        async with limiter.slot():
-            await gate.wait()
-
-    clock[0] = 3.0
-    holder = asyncio.create_task(in_flight())
-    await asyncio.sleep(0)
-    waiter = asyncio.create_task(request("c", 0.0))
-    await asyncio.sleep(0.02)
-    assert not waiter.done()  # every slot is in flight: nothing may leave
-    clock[0] = 5.0
-    gate.set()
-    await holder
-    await waiter
-    assert started[-1] == ("c", pytest.approx(6.0))

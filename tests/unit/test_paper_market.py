@@ -166,10 +166,11 @@ def test_search_returns_plain_symbol_info() -> None:
 # ---- market: protocol, quotes, subscriptions ---------------------------------------
 
 
-async def test_implements_the_broker_protocol() -> None:
+async def test_implements_the_market_data_protocol() -> None:
+    # Market data only: orders and balances come from a PaperBroker on top of it.
     market = SimulatedMarket()
     assert isinstance(market, MarketData)
-    assert isinstance(market, Broker)
+    assert not isinstance(market, Broker)
     assert market.name == "paper"
     listed = await market.list_symbols()
     assert [s.code for s in listed] == ALL_CODES
