@@ -21,9 +21,9 @@ from app.services.broker_tokens import (
     VaultTokenStore,
     service_owner_id,
 )
-from brokers.ratelimit import reset_registry
 from brokers.kis.rest import KisRest
 from brokers.kis.tokens import CachedToken
+from brokers.ratelimit import reset_registry
 from tests.integration.helpers import make_user
 from tests.kis_fake import FakeQuote, KisFake
 from tests.loopback import LoopbackServer
