@@ -90,13 +90,15 @@ async def test_portfolio_and_a_paper_order_on_the_demo(
     await expect(page.locator("#pf-notice")).to_have_text(
         re.compile("Order placed.|주문이 접수되었습니다."), timeout=15_000
     )
-    row = page.locator('.pf-row[data-symbol="005930"]')
-    for _ in range(30):
-        await page.click("#pf-refresh")
-        if await row.count():
+    newest = page.locator(".pf-order").first
+    await expect(newest).to_contain_text("005930")
+    for _ in range(30):  # filled: the newest order no longer offers "cancel"
+        if await newest.locator("button").count() == 0:
             break
         await asyncio.sleep(1)
-    await expect(row).to_be_visible()
+        await page.click("#pf-refresh")
+    await expect(newest.locator("button")).to_have_count(0)
+    await expect(page.locator('.pf-row[data-symbol="005930"]')).to_be_visible()
     await expect(page.locator(".pf-fill").first).to_contain_text("005930")
 
     await asyncio.sleep(0.5)
