@@ -118,6 +118,22 @@ class Settings(BaseSettings):
     apple_private_key_file: str = ""
     apple_discovery_url: str = "https://appleid.apple.com/.well-known/openid-configuration"
 
+    # Notification channels. Every endpoint is configurable so tests use loopback fakes.
+    telegram_bot_token: str = ""
+    telegram_bot_username: str = ""
+    telegram_api_base: str = "https://api.telegram.org"
+    discord_api_base: str = "https://discord.com"
+    kakao_api_base: str = "https://kapi.kakao.com"
+    kakao_auth_base: str = "https://kauth.kakao.com"
+    vapid_public_key: str = ""
+    vapid_private_key: str = ""
+    vapid_subject: str = "mailto:alerts@localhost"
+    fcm_project_id: str = ""
+    fcm_service_account_file: str = ""
+    fcm_api_base: str = "https://fcm.googleapis.com"
+    fcm_token_url: str = "https://oauth2.googleapis.com/token"
+    notify_timeout: float = Field(default=10.0, gt=0)
+
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -33,7 +33,12 @@ class Retryable:
 
 @dataclass(frozen=True, slots=True)
 class PermanentFailure:
+    """``gone``: the address itself no longer exists (a web-push subscription answered
+    404/410, a deleted Discord webhook), so the channel should be removed or disabled,
+    not just this delivery given up."""
+
     reason: str
+    gone: bool = False
 
 
 DeliveryResult = Delivered | Retryable | PermanentFailure
