@@ -1,5 +1,6 @@
 """All tables, imported here so alembic and ``SQLModel.metadata`` see every one."""
 
+import app.models.channels  # noqa: F401
 import app.models.identities  # noqa: F401
 import app.models.paper  # noqa: F401
 import app.models.vault  # noqa: F401

@@ -64,7 +64,7 @@ class Delivery(SQLModel, table=True):
             Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False
         )
     )
-    channel: str = Field(max_length=16)
+    channel: str = Field(max_length=32)
     status: str = Field(default=DELIVERY_PENDING, max_length=12, index=True)
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)

@@ -87,7 +87,12 @@ def _link_button(provider: rx.Var) -> rx.Component:
 def settings_page() -> rx.Component:
     return page_frame(
         rx.heading(t("settings.title"), size="6"),
-        rx.link(t("settings.brokers"), href="/settings/brokers", id="brokers-link"),
+        rx.flex(
+            rx.link(t("settings.brokers"), href="/settings/brokers", id="brokers-link"),
+            rx.link(t("nav.channels"), href="/settings/channels", id="channels-link"),
+            gap="16px",
+            wrap="wrap",
+        ),
         rx.heading(t("settings.sessions"), size="4", margin_top="16px"),
         rx.text(t("settings.sessions_hint"), size="2", color="var(--gray-11)"),
         error_text(SettingsState.error, "settings-error"),

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import or_, update
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import db
 from app.config import Settings
@@ -27,13 +28,23 @@ from app.models.alerts import (
     DELIVERY_PENDING,
     DELIVERY_SENDING,
     DELIVERY_SENT,
+    DELIVERY_SKIPPED,
     AlertEvent,
     Delivery,
 )
+from app.models.channels import NotificationChannel
 from app.models.common import utcnow
 from app.models.users import User
-from app.runtime.messages import render_alert
-from notifiers.base import Delivered, Message, Notifier, PermanentFailure, Retryable
+from app.runtime.messages import RenderedAlert, render_alert
+from app.services import channels
+from notifiers.base import (
+    Delivered,
+    DeliveryResult,
+    Message,
+    Notifier,
+    PermanentFailure,
+    Retryable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +157,47 @@ class DeliveryWorker:
                         idempotency_key=f"{event.idempotency_key}:{delivery.channel}",
                     )
                 )
+            elif ":" in delivery.channel:
+                outcome = await self._to_user_channel(s, delivery, event, rendered)
+                if outcome is None:  # switched off or gone since the alert fired
+                    delivery.status = DELIVERY_SKIPPED
+                    delivery.last_error = "channel disabled"
+                    s.add(delivery)
+                    await s.commit()
+                    return
             else:
                 outcome = PermanentFailure(f"channel {delivery.channel} is not configured")
             self._apply(delivery, outcome)
             s.add(delivery)
             await s.commit()
             log.info("delivery %s (%s) -> %s", delivery.id, delivery.channel, delivery.status)
+
+    async def _to_user_channel(
+        self, s: AsyncSession, delivery: Delivery, event: AlertEvent, rendered: RenderedAlert
+    ) -> DeliveryResult | None:
+        """Send to one of the user's own channels; the address is decrypted only here."""
+        kind, _, raw_id = delivery.channel.partition(":")
+        row = await s.get(NotificationChannel, int(raw_id)) if raw_id.isdigit() else None
+        if row is None or row.user_id != delivery.user_id:
+            return PermanentFailure("the channel was deleted")
+        if not row.enabled or row.gone_at is not None:
+            return None
+        notifier = self.notifiers.get(kind)
+        if notifier is None:
+            return PermanentFailure(f"{kind} is not configured on this server")
+        address = await channels.address_for_delivery(s, row)
+        outcome = await notifier.send(
+            Message(
+                recipient=address,
+                subject=rendered.subject,
+                text=rendered.text,
+                html=rendered.html,
+                idempotency_key=f"{event.idempotency_key}:{delivery.channel}",
+            )
+        )
+        if isinstance(outcome, PermanentFailure) and outcome.gone and row.id is not None:
+            await channels.mark_gone(s, row.id, outcome.reason)
+        return outcome
 
     async def _push_in_app(self, user_id: int, event: AlertEvent, title: str) -> Delivered:
         """In-app is delivered once it is in the DB; the push only makes it instant."""

@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models.alerts import (
@@ -22,6 +23,7 @@ from app.models.alerts import (
     AlertEvent,
     Delivery,
 )
+from app.models.channels import NotificationChannel
 from app.models.common import utcnow
 from app.models.rules import RULE_TRIGGERED, AlertRule
 from app.models.users import User
@@ -50,6 +52,30 @@ class RuleMeta:
 
 def idempotency_key(fired: Fired) -> str:
     return f"price:{fired.rule_id}:{fired.fire_no}"
+
+
+async def user_channel_targets(session: AsyncSession, user_id: int) -> list[str]:
+    """The user's own enabled, verified, still-existing channels, one delivery each.
+
+    They receive every alert: a channel is the user's standing choice, switched on
+    and off on the channels page, while a rule's own channel list governs only the
+    built-in in-app and e-mail ones.
+    """
+    rows = (
+        await session.exec(
+            select(NotificationChannel.id, NotificationChannel.kind).where(
+                NotificationChannel.user_id == user_id,
+                col(NotificationChannel.enabled).is_(True),
+                col(NotificationChannel.verified).is_(True),
+                col(NotificationChannel.gone_at).is_(None),
+            )
+        )
+    ).all()
+    return [channel_target(kind, channel_id) for channel_id, kind in rows]
+
+
+def channel_target(kind: str, channel_id: int | None) -> str:
+    return f"{kind}:{channel_id}"
 
 
 def channels_for(user: User, email_enabled: bool) -> list[str]:
@@ -182,6 +208,7 @@ async def _write(
     quiet: QuietHours | None,
 ) -> AlertEvent | None:
     assert rule.id is not None and user.id is not None
+    channels = channels + await user_channel_targets(session, user.id)
     event = AlertEvent(
         idempotency_key=key,
         rule_id=rule.id,

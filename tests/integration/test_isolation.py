@@ -25,12 +25,13 @@ from app.i18n import translate
 from app.models.rules import AlertRule
 from app.models.users import User, UserSession
 from app.models.watchlists import WatchlistItem
-from app.services import audit, auth, condition_rules, credentials, paper_accounts
+from app.services import audit, auth, channels, condition_rules, credentials, paper_accounts
 from app.services import rules as rules_service
 from app.services import watchlist as watchlist_service
 from app.states.admin import AdminState
 from app.states.brokers import BrokersState
 from app.states.builder import RuleActionsState, RuleBuilderState
+from app.states.channels import ChannelsState
 from app.states.live import LiveState
 from app.states.pages import HistoryState, RulesState, WatchlistState
 from app.states.portfolio import PortfolioState
@@ -150,6 +151,16 @@ async def portfolio_choose_source(root: State, a: Objects) -> None:
     assert state.error and state.source == "paper"
 
 
+async def channels_toggle(root: State, a: Objects) -> None:
+    await _call(root, ChannelsState, "toggle", str(a["channel_id"]))
+    assert (await root.get_state(ChannelsState)).error
+
+
+async def channels_delete(root: State, a: Objects) -> None:
+    await _call(root, ChannelsState, "delete", str(a["channel_id"]))
+    assert (await root.get_state(ChannelsState)).error
+
+
 async def admin_set_role(root: State, a: Objects) -> None:
     await _call(root, AdminState, "set_role", str(a["user_id"]), "user")
 
@@ -185,6 +196,8 @@ ATTACKS: dict[tuple[str, str], Attack] = {
     ("BrokersState", "test_connection"): brokers_test_connection,
     ("PortfolioState", "cancel"): portfolio_cancel,
     ("PortfolioState", "choose_source"): portfolio_choose_source,
+    ("ChannelsState", "toggle"): channels_toggle,
+    ("ChannelsState", "delete"): channels_delete,
     ("AdminState", "set_role"): admin_set_role,
     ("AdminState", "set_active"): admin_set_active,
     ("AdminState", "load_users"): admin_load_users,
@@ -222,6 +235,8 @@ OWN_DATA_ONLY: dict[tuple[str, str], str] = {
     ("PortfolioState", "leave"): "forgets only this browser tab's open page",
     ("PortfolioState", "set_order_field"): "edits the caller's own order form",
     ("PortfolioState", "place"): "places on the caller's own paper account",
+    ("ChannelsState", "load"): "lists the caller's channels (checked below)",
+    ("ChannelsState", "add"): "adds a channel for the caller",
     ("ChartState", "load"): "public market data plus the caller's own alert levels "
     "(test_chart.py: another user's levels are never drawn)",
     ("ChartState", "set_timeframe"): "re-renders for the caller resolved from the cookie",
@@ -245,6 +260,9 @@ PUBLIC_ROUTES = {
     ("/auth/callback/{provider_id}", "GET"): "completes only the flow bound to this browser "
     "(single-use, login-CSRF refused: test_oauth.py)",
     ("/auth/callback/{provider_id}", "POST"): "Apple form_post: re-enters the GET callback",
+    ("/api/push/vapid-public-key", "GET"): "the server's public VAPID key: no user data",
+    ("/api/push/subscriptions", "POST"): "adds a subscription for the caller from the cookie; "
+    "cross-site refused (test_channels.py)",
 }
 
 
@@ -324,6 +342,9 @@ async def _setup() -> tuple[Objects, User, str]:
             hts_id="alicehts",
             is_paper=True,
         )
+        channel = await channels.add_discord(
+            s, a.id, "https://discord.com/api/webhooks/123456789012345678/" + "T" * 68
+        )
         ack = await paper_accounts.place_order(
             s, a.id, SimulatedMarket(seed=1), symbol="005930", side="buy", qty=1, price=50_000
         )
@@ -337,6 +358,7 @@ async def _setup() -> tuple[Objects, User, str]:
         "credential_id": account.id,
         "a_token": a_token,
         "paper_order_id": ack.order_id,
+        "channel_id": channel.id,
     }
     return objects, b, b_token
 
@@ -362,6 +384,9 @@ async def _a_is_untouched(objects: Objects) -> None:
         assert (await auth.resolve_session(s, objects["a_token"])).id == a.id
         assert [r.id for r in await credentials.list_accounts(s, a.id)] == [
             objects["credential_id"]
+        ]
+        assert [(c.id, c.enabled) for c in await channels.list_channels(s, a.id)] == [
+            (objects["channel_id"], True)
         ]
         orders = await paper_accounts.list_orders(s, a.id)
         assert [(o.order_id, o.state.value) for o in orders] == [
@@ -393,6 +418,8 @@ async def test_user_b_is_refused_on_every_handler_and_each_refusal_is_audited():
     assert agents == ["B-browser"]
     await _call(root, BrokersState, "load")
     assert (await root.get_state(BrokersState)).rows == []
+    await _call(root, ChannelsState, "load")
+    assert (await root.get_state(ChannelsState)).rows == []
     await _call(root, PortfolioState, "load")
     portfolio = await root.get_state(PortfolioState)
     assert [s["key"] for s in portfolio.sources] == ["paper"] and portfolio.orders == []
@@ -425,16 +452,28 @@ async def logout_with_b_cookie(client: httpx.AsyncClient, objects: Objects, b_to
     client.cookies.clear()
 
 
-ROUTE_ATTACKS: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {}
+async def push_unsubscribe_other(client: httpx.AsyncClient, objects: Objects, b_token: str) -> None:
+    """B removes "A's" endpoint: only B's own subscriptions are searched."""
+    client.cookies.set("tw_session", b_token)
+    response = await client.request(
+        "DELETE", "/api/push/subscriptions", json={"endpoint": "https://fcm.googleapis.com/x"}
+    )
+    client.cookies.clear()
+    assert response.status_code == 404
+
+
+ROUTE_ATTACKS: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {
+    ("/api/push/subscriptions", "DELETE"): push_unsubscribe_other,
+}
 
 
 async def test_routes_do_not_reach_other_users():
     objects, _, b_token = await _setup()
     transport = httpx.ASGITransport(app=app_module.api)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        await logout_with_b_cookie(client, objects, b_token)
-        for attack in ROUTE_ATTACKS.values():
+        for attack in ROUTE_ATTACKS.values():  # while B's session is still valid
             await attack(client, objects, b_token)
+        await logout_with_b_cookie(client, objects, b_token)
         health = (await client.get("/api/health")).json()
         assert "alice@example.com" not in str(health)
     await _a_is_untouched(objects)

@@ -1,0 +1,90 @@
+"""Web-push subscriptions: the browser's service worker registers itself here.
+
+A JSON route rather than a Reflex event because ``PushSubscription`` lives in
+the service worker's world (``pwa.js`` calls it with ``fetch``). The user comes
+from the session cookie, and a cross-site origin is refused, so another site
+cannot subscribe a victim's browser to anything or remove their devices.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app import db
+from app.api.auth_routes import _client_ip, _same_origin
+from app.config import get_settings
+from app.services import auth, channels
+from app.services.errors import ValidationFailed
+
+router = APIRouter()
+MAX_BODY = 4096
+
+
+async def _caller(request: Request) -> int | None:
+    async with db.session() as s:
+        user = await auth.resolve_session(s, request.cookies.get(auth.SESSION_COOKIE))
+    return None if user is None else user.id
+
+
+async def _body(request: Request) -> dict | None:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        return None
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _error(status: int, code: str, reason: str = "") -> JSONResponse:
+    return JSONResponse({"error": code, "reason": reason}, status_code=status)
+
+
+@router.get("/api/push/vapid-public-key")
+async def vapid_public_key() -> JSONResponse:
+    key = get_settings().vapid_public_key
+    if not key:
+        return _error(404, "push_not_configured")
+    return JSONResponse({"key": key})
+
+
+@router.post("/api/push/subscriptions")
+async def subscribe(request: Request) -> JSONResponse:
+    if not _same_origin(request):
+        return _error(403, "cross_origin")
+    user_id = await _caller(request)
+    if user_id is None:
+        return _error(401, "signed_out")
+    body = await _body(request)
+    if body is None:
+        return _error(400, "bad_json")
+    label = str(body.pop("label", "") or "")[:60]
+    try:
+        async with db.session() as s:
+            row = await channels.add_webpush(
+                s, user_id, json.dumps(body), label, ip=_client_ip(request)
+            )
+    except ValidationFailed as exc:
+        code, params = next(iter(exc.field_errors.values()))
+        return _error(400, code, str(params.get("reason", "")))
+    return JSONResponse({"id": row.id, "hint": row.hint}, status_code=201)
+
+
+@router.delete("/api/push/subscriptions")
+async def unsubscribe(request: Request) -> JSONResponse:
+    if not _same_origin(request):
+        return _error(403, "cross_origin")
+    user_id = await _caller(request)
+    if user_id is None:
+        return _error(401, "signed_out")
+    body = await _body(request)
+    endpoint = str((body or {}).get("endpoint", ""))
+    if not endpoint:
+        return _error(400, "bad_json")
+    async with db.session() as s:
+        removed = await channels.remove_webpush(s, user_id, endpoint, ip=_client_ip(request))
+    return JSONResponse({"removed": removed}, status_code=200 if removed else 404)

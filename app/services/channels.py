@@ -1,0 +1,314 @@
+"""Notification channels: add, list, enable, disable, delete; addresses stay in the vault.
+
+Every address is validated before anything is written, and the channel row and
+its encrypted address are written in one transaction, so a refused or failed
+add leaves nothing behind. Pages get ``ChannelRow``s with a masked hint only; the
+delivery worker is the one caller of ``address_for_delivery``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.config import get_settings
+from app.models.channels import (
+    ADDRESS_FIELD,
+    CHANNEL_DISCORD,
+    CHANNEL_OWNER_TABLE,
+    CHANNEL_TELEGRAM,
+    CHANNEL_WEBPUSH,
+    NotificationChannel,
+)
+from app.models.common import utcnow
+from app.services import audit, vault
+from app.services.errors import NotFound, ValidationFailed
+from notifiers.discord import validate_webhook_url
+from notifiers.webpush import validate_subscription
+
+TARGET_TYPE = "notification_channel"
+MAX_LABEL = 60
+MAX_CHANNELS = 20
+MASK = "••••"
+
+CHANNEL_ADDED = "channels.added"
+CHANNEL_DELETED = "channels.deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRow:
+    id: int
+    kind: str
+    label: str
+    hint: str
+    verified: bool
+    enabled: bool
+    last_error: str
+    gone: bool
+    created_at: datetime
+
+
+def _row(ch: NotificationChannel) -> ChannelRow:
+    assert ch.id is not None
+    return ChannelRow(
+        ch.id,
+        ch.kind,
+        ch.label,
+        ch.hint,
+        ch.verified,
+        ch.enabled,
+        ch.last_error,
+        ch.gone_at is not None,
+        ch.created_at,
+    )
+
+
+def _hash(kind: str, address: str) -> str:
+    return hashlib.sha256(f"{kind}\x00{address}".encode()).hexdigest()
+
+
+def _label(label: str) -> str:
+    text = " ".join((label or "").split())
+    if len(text) > MAX_LABEL:
+        raise ValidationFailed.single("label", "channel_label_too_long", limit=MAX_LABEL)
+    return text
+
+
+async def list_channels(session: AsyncSession, user_id: int) -> list[ChannelRow]:
+    rows = (
+        await session.exec(
+            select(NotificationChannel)
+            .where(NotificationChannel.user_id == user_id)
+            .order_by(col(NotificationChannel.id))
+        )
+    ).all()
+    return [_row(r) for r in rows]
+
+
+async def _add(
+    session: AsyncSession,
+    user_id: int,
+    kind: str,
+    address: str,
+    label: str,
+    hint: str,
+    *,
+    verified: bool,
+    ip: str,
+) -> ChannelRow:
+    digest = _hash(kind, address)
+    existing = (
+        await session.exec(
+            select(NotificationChannel).where(
+                NotificationChannel.user_id == user_id,
+                NotificationChannel.address_hash == digest,
+            )
+        )
+    ).first()
+    if existing is not None:
+        raise ValidationFailed.single("address", "channel_duplicate")
+    count = (
+        await session.exec(
+            select(func.count())
+            .select_from(NotificationChannel)
+            .where(NotificationChannel.user_id == user_id)
+        )
+    ).one()
+    if count >= MAX_CHANNELS:
+        raise ValidationFailed.single("address", "channel_too_many", limit=MAX_CHANNELS)
+    row = NotificationChannel(
+        user_id=user_id,
+        kind=kind,
+        label=label,
+        hint=hint,
+        address_hash=digest,
+        verified=verified,
+    )
+    try:
+        session.add(row)
+        await session.flush()  # the row id is part of the secret's associated data
+        assert row.id is not None
+        await vault.put(session, CHANNEL_OWNER_TABLE, row.id, user_id, {ADDRESS_FIELD: address})
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        raise
+    await audit.record(
+        CHANNEL_ADDED,
+        actor_id=user_id,
+        target_type=TARGET_TYPE,
+        target_id=row.id,
+        ip=ip,
+        detail={"kind": kind},
+    )
+    return _row(row)
+
+
+async def add_discord(
+    session: AsyncSession, user_id: int, webhook_url: str, label: str = "", ip: str = ""
+) -> ChannelRow:
+    """A Discord webhook, checked against Discord's URL form (no other host, ever)."""
+    label = _label(label)
+    try:
+        url = validate_webhook_url((webhook_url or "").strip(), get_settings().discord_api_base)
+    except ValueError as exc:
+        raise ValidationFailed.single("address", "channel_discord_url", reason=str(exc)) from None
+    webhook_id = url.rstrip("/").split("/")[-2]
+    return await _add(
+        session,
+        user_id,
+        CHANNEL_DISCORD,
+        url,
+        label,
+        f"webhook {MASK}{webhook_id[-4:]}",
+        verified=True,
+        ip=ip,
+    )
+
+
+async def add_telegram_chat(
+    session: AsyncSession, user_id: int, chat_id: str, label: str = "", ip: str = ""
+) -> ChannelRow:
+    """A chat id typed by the user; it stays unverified until a test message arrives."""
+    label = _label(label)
+    text = (chat_id or "").strip()
+    body = text[1:] if text.startswith("-") else text
+    if not body.isdigit() or not 1 <= len(body) <= 20:
+        raise ValidationFailed.single("address", "channel_telegram_chat_id")
+    return await _add(
+        session,
+        user_id,
+        CHANNEL_TELEGRAM,
+        text,
+        label,
+        f"chat {MASK}{text[-4:]}",
+        verified=False,
+        ip=ip,
+    )
+
+
+async def add_webpush(
+    session: AsyncSession, user_id: int, subscription_json: str, label: str = "", ip: str = ""
+) -> ChannelRow:
+    """A browser's push subscription. Keyed by its endpoint: the same browser
+    subscribing again replaces nothing and adds nothing."""
+    label = _label(label)
+    try:
+        sub = validate_subscription(subscription_json, allow_loopback=_loopback_allowed())
+    except ValueError as exc:
+        raise ValidationFailed.single("address", "channel_webpush", reason=str(exc)) from None
+    endpoint = sub["endpoint"]
+    address = json.dumps(sub, separators=(",", ":"), sort_keys=True)
+    host = endpoint.split("/")[2] if "//" in endpoint else endpoint
+    try:
+        return await _add(
+            session, user_id, CHANNEL_WEBPUSH, address, label, host[:40], verified=True, ip=ip
+        )
+    except ValidationFailed as exc:
+        if "address" in exc.field_errors and exc.field_errors["address"][0] == "channel_duplicate":
+            existing = await _by_hash(session, user_id, _hash(CHANNEL_WEBPUSH, address))
+            if existing is not None:
+                return _row(existing)
+        raise
+
+
+def _loopback_allowed() -> bool:
+    """Push services are https; a loopback endpoint is accepted only when the app
+    itself runs on loopback (tests, a developer's machine)."""
+    base = get_settings().app_base_url
+    return base.startswith(("http://localhost", "http://127.0.0.1"))
+
+
+async def _by_hash(session: AsyncSession, user_id: int, digest: str) -> NotificationChannel | None:
+    return (
+        await session.exec(
+            select(NotificationChannel).where(
+                NotificationChannel.user_id == user_id,
+                NotificationChannel.address_hash == digest,
+            )
+        )
+    ).first()
+
+
+async def _owned(
+    session: AsyncSession, user_id: int, channel_id: int, ip: str = ""
+) -> NotificationChannel:
+    row = await session.get(NotificationChannel, channel_id)
+    if row is None or row.user_id != user_id:
+        await audit.denied(user_id, TARGET_TYPE, channel_id, ip)
+        raise NotFound()
+    return row
+
+
+async def set_enabled(
+    session: AsyncSession, user_id: int, channel_id: int, enabled: bool, ip: str = ""
+) -> ChannelRow:
+    row = await _owned(session, user_id, channel_id, ip)
+    row.enabled = bool(enabled)
+    row.updated_at = utcnow()
+    session.add(row)
+    await session.commit()
+    return _row(row)
+
+
+async def delete(session: AsyncSession, user_id: int, channel_id: int, ip: str = "") -> None:
+    row = await _owned(session, user_id, channel_id, ip)
+    try:
+        await vault.delete_owner(session, CHANNEL_OWNER_TABLE, channel_id)
+        await session.delete(row)
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        raise
+    await audit.record(
+        CHANNEL_DELETED,
+        actor_id=user_id,
+        target_type=TARGET_TYPE,
+        target_id=channel_id,
+        ip=ip,
+        detail={"kind": row.kind},
+    )
+
+
+async def remove_webpush(session: AsyncSession, user_id: int, endpoint: str, ip: str = "") -> bool:
+    """Unsubscribe by endpoint (what the browser knows). False if it was not ours."""
+    for row in (
+        await session.exec(
+            select(NotificationChannel).where(
+                NotificationChannel.user_id == user_id,
+                NotificationChannel.kind == CHANNEL_WEBPUSH,
+            )
+        )
+    ).all():
+        assert row.id is not None
+        address = await address_for_delivery(session, row)
+        if json.loads(address).get("endpoint") == endpoint:
+            await delete(session, user_id, row.id, ip)
+            return True
+    return False
+
+
+async def address_for_delivery(session: AsyncSession, row: NotificationChannel) -> str:
+    """The decrypted address, for the moment of sending only."""
+    assert row.id is not None
+    values = await vault.read(session, CHANNEL_OWNER_TABLE, row.id, row.user_id, (ADDRESS_FIELD,))
+    return values[ADDRESS_FIELD]
+
+
+async def mark_gone(session: AsyncSession, channel_id: int, reason: str) -> None:
+    """The service says the address no longer exists: stop sending to it, keep the
+    row (and its reason) so the user sees why alerts stopped arriving there."""
+    row = await session.get(NotificationChannel, channel_id)
+    if row is None:
+        return
+    row.enabled = False
+    row.gone_at = utcnow()
+    row.last_error = reason[:300]
+    row.updated_at = row.gone_at
+    session.add(row)
+    await session.commit()
