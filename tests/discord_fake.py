@@ -196,6 +196,7 @@ class DiscordFake:
                     429,
                     headers=headers,
                 )
+            now = time.monotonic()  # buckets move forward only, whatever order handlers run
             bucket = self._buckets.get(webhook_id)
             if bucket is None or now >= bucket.reset_at:
                 bucket = self._buckets[webhook_id] = _Bucket(self.limit, now + self.window)
