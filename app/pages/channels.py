@@ -29,6 +29,14 @@ def _row(row: rx.Var) -> rx.Component:
             id="ch-toggle-" + row["id"].to(str),
         ),
         rx.button(
+            t("channels.test"),
+            on_click=ChannelsState.test_send(row["id"]),
+            size="1",
+            variant="soft",
+            color_scheme="gray",
+            id="ch-test-" + row["id"].to(str),
+        ),
+        rx.button(
             t("channels.delete"),
             on_click=ChannelsState.delete(row["id"]),
             size="1",

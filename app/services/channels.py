@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,6 +29,7 @@ from app.models.channels import (
 from app.models.common import utcnow
 from app.services import audit, vault
 from app.services.errors import NotFound, ValidationFailed
+from notifiers.base import Delivered, DeliveryResult, Message, Notifier, PermanentFailure
 from notifiers.discord import validate_webhook_url
 from notifiers.webpush import validate_subscription
 
@@ -312,3 +314,41 @@ async def mark_gone(session: AsyncSession, channel_id: int, reason: str) -> None
     row.updated_at = row.gone_at
     session.add(row)
     await session.commit()
+
+
+async def test_send(
+    session: AsyncSession,
+    user_id: int,
+    channel_id: int,
+    notifiers: Mapping[str, Notifier],
+    message: Message,
+    ip: str = "",
+) -> DeliveryResult:
+    """Send ``message`` to one of the caller's channels now. A delivered test is what
+    verifies a channel (a Telegram chat id typed by hand proves nothing until our bot
+    reached it); a failure is kept on the row so the page can say what went wrong."""
+    row = await _owned(session, user_id, channel_id, ip)
+    notifier = notifiers.get(row.kind)
+    if notifier is None:
+        outcome: DeliveryResult = PermanentFailure(f"{row.kind} is not configured on this server")
+    else:
+        address = await address_for_delivery(session, row)
+        outcome = await notifier.send(
+            Message(
+                recipient=address,
+                subject=message.subject,
+                text=message.text,
+                html=message.html,
+                idempotency_key=f"test:{channel_id}:{utcnow().timestamp():.0f}",
+            )
+        )
+    if isinstance(outcome, Delivered):
+        row.verified, row.last_error, row.gone_at = True, "", None
+    else:
+        row.last_error = outcome.reason[:300]
+        if isinstance(outcome, PermanentFailure) and outcome.gone:
+            row.enabled, row.gone_at = False, utcnow()
+    row.updated_at = utcnow()
+    session.add(row)
+    await session.commit()
+    return outcome

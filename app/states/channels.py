@@ -3,13 +3,19 @@ handlers pass the form's value straight to the service and keep only masked rows
 
 from __future__ import annotations
 
+import html
+
 import reflex as rx
 
 from app import db
+from app.config import get_settings
+from app.runtime.notifier_setup import build_notifiers
+from app.runtime.runner import current_runner
 from app.services import channels as channels_service
 from app.services.errors import NotFound, ServiceError, ValidationFailed
 from app.states.pages import _error_text
 from app.states.session import SessionState
+from notifiers.base import Delivered, Message
 
 ADDERS = {
     "discord": channels_service.add_discord,
@@ -112,6 +118,42 @@ class ChannelsState(rx.State):
         except NotFound:
             self.error = session._t("error.not_found")
             return None
+        await self._reload(session, user_id)
+        return None
+
+    @rx.event
+    async def test_send(self, channel_id: str) -> rx.event.EventSpec | None:
+        session, user_id = await self._caller()
+        if user_id is None:
+            return rx.redirect("/login")
+        runner = current_runner()
+        notifiers = runner.delivery.notifiers if runner else build_notifiers(get_settings())
+        text = session._t("channels.test.text")
+        message = Message(
+            recipient="",
+            subject=session._t("channels.test.subject"),
+            text=text,
+            html=f"<p>{html.escape(text)}</p>",
+            idempotency_key="",
+        )
+        self.notice = self.error = ""
+        try:
+            async with db.session() as s:
+                outcome = await channels_service.test_send(
+                    s,
+                    user_id,
+                    int(channel_id) if channel_id.isdigit() else 0,
+                    notifiers,
+                    message,
+                    ip=session._ip(),
+                )
+        except NotFound:
+            self.error = session._t("error.not_found")
+            return None
+        if isinstance(outcome, Delivered):
+            self.notice = session._t("channels.test.sent")
+        else:
+            self.error = session._t("channels.test.failed", reason=outcome.reason)
         await self._reload(session, user_id)
         return None
 

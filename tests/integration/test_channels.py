@@ -184,3 +184,38 @@ async def test_push_subscription_route_uses_the_cookie_and_refuses_other_sites()
         )
         assert mine.status_code == 200 and mine.json() == {"removed": True}
     assert await _counts() == (0, 0)
+
+
+async def test_a_delivered_test_message_verifies_a_telegram_chat_and_a_blocked_one_is_gone():
+    from notifiers.base import Message
+    from notifiers.telegram import TelegramNotifier
+    from tests.telegram_fake import TOKEN, TelegramFake
+
+    user = await make_user("tg@example.com")
+    fake = TelegramFake()
+    fake.blocked.add("222")
+    server = fake.serve()
+    notifier = TelegramNotifier(TOKEN, api_base=server.base_url)
+    message = Message("", "Tickwatch test", "It works & it's <here>", "", "")
+    try:
+        async with db.session() as s:
+            good = await channels.add_telegram_chat(s, user.id, "111", "me")
+            blocked = await channels.add_telegram_chat(s, user.id, "222", "old phone")
+        assert good.verified is False  # a typed chat id proves nothing yet
+        async with db.session() as s:
+            ok = await channels.test_send(s, user.id, good.id, {"telegram": notifier}, message)
+            bad = await channels.test_send(s, user.id, blocked.id, {"telegram": notifier}, message)
+            rows = {c.id: c for c in await channels.list_channels(s, user.id)}
+        assert type(ok).__name__ == "Delivered" and rows[good.id].verified is True
+        assert bad.gone is True and rows[blocked.id].gone and not rows[blocked.id].enabled
+        assert "blocked" in rows[blocked.id].last_error
+        assert [(m.chat_id, m.text) for m in fake.messages] == [
+            ("111", "<b>Tickwatch test</b>\nIt works &amp; it's &lt;here&gt;")
+        ]
+        async with db.session() as s:
+            with pytest.raises(NotFound):
+                other = await make_user("intruder@example.com")
+                await channels.test_send(s, other.id, good.id, {"telegram": notifier}, message)
+    finally:
+        await notifier.aclose()
+        server.stop()

@@ -156,6 +156,11 @@ async def channels_toggle(root: State, a: Objects) -> None:
     assert (await root.get_state(ChannelsState)).error
 
 
+async def channels_test_send(root: State, a: Objects) -> None:
+    await _call(root, ChannelsState, "test_send", str(a["channel_id"]))
+    assert (await root.get_state(ChannelsState)).error
+
+
 async def channels_delete(root: State, a: Objects) -> None:
     await _call(root, ChannelsState, "delete", str(a["channel_id"]))
     assert (await root.get_state(ChannelsState)).error
@@ -198,6 +203,7 @@ ATTACKS: dict[tuple[str, str], Attack] = {
     ("PortfolioState", "choose_source"): portfolio_choose_source,
     ("ChannelsState", "toggle"): channels_toggle,
     ("ChannelsState", "delete"): channels_delete,
+    ("ChannelsState", "test_send"): channels_test_send,
     ("AdminState", "set_role"): admin_set_role,
     ("AdminState", "set_active"): admin_set_active,
     ("AdminState", "load_users"): admin_load_users,
