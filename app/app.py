@@ -11,13 +11,14 @@ import reflex as rx
 from fastapi import FastAPI
 
 from app import db
-from app.api import auth_routes, health, oauth_routes
+from app.api import auth_routes, health, oauth_routes, push
 from app.api.security import SecurityHeaders
-from app.config import Settings, get_settings
+from app.config import get_settings
 from app.logging_setup import configure_logging
 from app.pages.admin import admin_audit_page, admin_status_page, admin_users_page
 from app.pages.brokers import brokers_page
 from app.pages.builder import builder_page
+from app.pages.channels import channels_page
 from app.pages.history import history_page
 from app.pages.login import login_page
 from app.pages.portfolio import portfolio_page
@@ -26,12 +27,14 @@ from app.pages.settings import settings_page
 from app.pages.symbol import symbol_page
 from app.pages.watchlist import watchlist_page
 from app.runtime.market_source import build_market
+from app.runtime.notifier_setup import build_notifiers
 from app.runtime.runner import Runner, set_current_runner
 from app.runtime.scheduler import build_scheduler
 from app.services import symbols as symbols_service
 from app.states.admin import AdminState
 from app.states.brokers import BrokersState
 from app.states.builder import RuleBuilderState
+from app.states.channels import ChannelsState
 from app.states.chart import ChartState
 from app.states.live import LiveState, ReflexUiSink
 from app.states.pages import HistoryState, RulesState
@@ -39,27 +42,8 @@ from app.states.portfolio import PortfolioState, refresh_open_pages
 from app.states.session import SessionState
 from app.states.settings import SettingsState
 from app.vault_keys import get_key_ring
-from notifiers.email import EmailNotifier, SmtpConfig
 
 log = logging.getLogger(__name__)
-
-
-def build_notifiers(settings: Settings) -> dict:
-    if not settings.email_enabled:
-        return {}
-    return {
-        "email": EmailNotifier(
-            SmtpConfig(
-                host=settings.smtp_host,
-                port=settings.smtp_port,
-                security=settings.smtp_security,
-                username=settings.smtp_username,
-                password=settings.smtp_password,
-                sender=settings.smtp_from,
-                timeout=settings.smtp_timeout,
-            )
-        )
-    }
 
 
 @contextlib.asynccontextmanager
@@ -102,6 +86,7 @@ api = FastAPI(title="Tickwatch API", docs_url=None, redoc_url=None, openapi_url=
 api.include_router(auth_routes.router)
 api.include_router(oauth_routes.router)
 api.include_router(health.router)
+api.include_router(push.router)
 
 app = rx.App(
     # Mount our routes first, then wrap everything (frontend too) in security headers.
@@ -110,6 +95,8 @@ app = rx.App(
         rx.el.meta(name="viewport", content="width=device-width, initial-scale=1"),
         rx.el.link(rel="manifest", href="/manifest.json"),
         rx.el.meta(name="theme-color", content="#3e63dd"),
+        # service worker + install prompt; an external file because the CSP runs no inline JS
+        rx.el.script(src="/pwa.js", defer=True),
     ],
 )
 app.register_lifespan_task(runner_lifespan)
@@ -142,6 +129,12 @@ app.add_page(
     route="/settings/brokers",
     title="Tickwatch",
     on_load=[*_private, BrokersState.load],
+)
+app.add_page(
+    channels_page,
+    route="/settings/channels",
+    title="Tickwatch",
+    on_load=[*_private, ChannelsState.load],
 )
 app.add_page(
     admin_users_page,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import reflex as rx
 
 from app.components.i18n import t
+from app.components.install import install_button
 from app.components.native_form import native_form
 from app.states.live import LiveState
 from app.states.session import SessionState
@@ -85,6 +86,7 @@ def navbar() -> rx.Component:
         ),
         rx.spacer(),
         rx.flex(
+            install_button(),
             language_button(),
             native_form(
                 rx.button(t("nav.sign_out"), type="submit", variant="soft", size="2"),
