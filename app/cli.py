@@ -22,6 +22,7 @@ from app.services import audit, auth, demo_history, symbols, vault, watchlist
 from app.vault_keys import SOURCE_FILE, VaultConfigError, load_key_ring, write_key_file
 from brokers.paper.market import SimulatedMarket
 from brokers.paper.symbols import SYMBOLS
+from notifiers.webpush import generate_vapid_keys
 
 log = logging.getLogger("app.cli")
 DEMO_WATCHLIST = ("000660", "035420", "035720")
@@ -273,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of rotating: retire KID once no secret uses it "
         "(rewrites the key file; with VAULT_KEYS, says what to remove)",
     )
+    sub.add_parser(
+        "vapid-keys",
+        help="print a new VAPID key pair for web push (put both lines in .env, once)",
+    )
     args = parser.parse_args(argv)
     if args.cmd == "rotate-keys" and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -289,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_run_vault_command(args))
     elif args.cmd == "set-role":
         return asyncio.run(set_role(args.email, args.role))
+    elif args.cmd == "vapid-keys":
+        public, private = generate_vapid_keys()
+        # For the operator's terminal only: a private key never goes to the log.
+        sys.stdout.write(f"VAPID_PUBLIC_KEY={public}\nVAPID_PRIVATE_KEY={private}\n")
     return 0
 
 
