@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from notifiers import redact
 from notifiers.base import Delivered, DeliveryResult, Message, PermanentFailure, Retryable
 from notifiers.ratelimit import Holdoff, MonotonicClock, Sleep
 from notifiers.ratelimit import real_sleep as _real_sleep
@@ -144,26 +145,6 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-class _RedactWebhook(logging.Filter):
-    """Rewrites ``/api/webhooks/<id>/<token>`` in records of the logger it sits on."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            text = record.getMessage()
-        except Exception:  # a malformed record: leave it to logging's own error path
-            return True
-        redacted = _WEBHOOK_IN_TEXT.sub("/api/webhooks/<redacted>", text)
-        if redacted != text:
-            record.msg, record.args = redacted, None
-        return True
-
-
-def _install_log_redaction() -> None:
-    logger = logging.getLogger("httpx")
-    if not any(isinstance(f, _RedactWebhook) for f in logger.filters):
-        logger.addFilter(_RedactWebhook())
-
-
 class DiscordNotifier:
     """Posts alerts to Discord webhooks. ``Message.recipient`` is the webhook URL."""
 
@@ -195,7 +176,7 @@ class DiscordNotifier:
         self._now = now
         self._holdoff = Holdoff(clock)
         self._locks: dict[str, asyncio.Lock] = {}
-        _install_log_redaction()
+        redact.install(_WEBHOOK_IN_TEXT, "/api/webhooks/<redacted>")
 
     def __repr__(self) -> str:
         return f"DiscordNotifier(api_base={self.api_base!r})"

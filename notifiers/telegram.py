@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from notifiers import redact
 from notifiers.base import Delivered, DeliveryResult, Message, PermanentFailure, Retryable
 from notifiers.ratelimit import Holdoff, KeyedLimiter, MonotonicClock, Sleep, WindowLimiter
 from notifiers.ratelimit import real_sleep as _real_sleep
@@ -65,27 +66,6 @@ class InvalidBotToken(TelegramError):
 
 class TelegramUnavailable(TelegramError):
     """Telegram could not be reached or answered with a server error: try again later."""
-
-
-class _RedactBotToken(logging.Filter):
-    """Rewrites ``.../bot<token>/...`` in records of the logger it sits on (httpx logs
-    every request URL at INFO, and ours carry the bot token)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            text = record.getMessage()
-        except Exception:  # a malformed record: leave it to logging's own error path
-            return True
-        redacted = _BOT_IN_URL.sub("bot<redacted>", text)
-        if redacted != text:
-            record.msg, record.args = redacted, None
-        return True
-
-
-def _install_log_redaction() -> None:
-    logger = logging.getLogger("httpx")
-    if not any(isinstance(f, _RedactBotToken) for f in logger.filters):
-        logger.addFilter(_RedactBotToken())
 
 
 def _u16(text: str) -> int:
@@ -190,7 +170,7 @@ class TelegramNotifier:
         self._per_chat = KeyedLimiter(per_chat_per_s, clock=clock, sleep=sleep)
         self._global = WindowLimiter(global_per_s, clock=clock, sleep=sleep)
         self._holdoff = Holdoff(clock)
-        _install_log_redaction()
+        redact.install(_BOT_IN_URL, "bot<redacted>")
 
     def __repr__(self) -> str:  # never the token
         return f"TelegramNotifier(api_base={self.api_base!r})"

@@ -176,28 +176,24 @@ class DeliveryWorker:
         self, s: AsyncSession, delivery: Delivery, event: AlertEvent, rendered: RenderedAlert
     ) -> DeliveryResult | None:
         """Send to one of the user's own channels; the address is decrypted only here."""
-        kind, _, raw_id = delivery.channel.partition(":")
+        _, _, raw_id = delivery.channel.partition(":")
         row = await s.get(NotificationChannel, int(raw_id)) if raw_id.isdigit() else None
         if row is None or row.user_id != delivery.user_id:
             return PermanentFailure("the channel was deleted")
         if not row.enabled or row.gone_at is not None:
             return None
-        notifier = self.notifiers.get(kind)
-        if notifier is None:
-            return PermanentFailure(f"{kind} is not configured on this server")
-        address = await channels.address_for_delivery(s, row)
-        outcome = await notifier.send(
+        return await channels.send(
+            s,
+            row,
+            self.notifiers,
             Message(
-                recipient=address,
+                recipient="",
                 subject=rendered.subject,
                 text=rendered.text,
                 html=rendered.html,
                 idempotency_key=f"{event.idempotency_key}:{delivery.channel}",
-            )
+            ),
         )
-        if isinstance(outcome, PermanentFailure) and outcome.gone and row.id is not None:
-            await channels.mark_gone(s, row.id, outcome.reason)
-        return outcome
 
     async def _push_in_app(self, user_id: int, event: AlertEvent, title: str) -> Delivered:
         """In-app is delivered once it is in the DB; the push only makes it instant."""

@@ -316,6 +316,32 @@ async def mark_gone(session: AsyncSession, channel_id: int, reason: str) -> None
     await session.commit()
 
 
+async def send(
+    session: AsyncSession,
+    row: NotificationChannel,
+    notifiers: Mapping[str, Notifier],
+    message: Message,
+) -> DeliveryResult:
+    """Send ``message`` to ``row``'s address: the one place an address is decrypted
+    for sending. An address the service says is gone switches the channel off."""
+    notifier = notifiers.get(row.kind)
+    if notifier is None:
+        return PermanentFailure(f"{row.kind} is not configured on this server")
+    address = await address_for_delivery(session, row)
+    outcome = await notifier.send(
+        Message(
+            recipient=address,
+            subject=message.subject,
+            text=message.text,
+            html=message.html,
+            idempotency_key=message.idempotency_key,
+        )
+    )
+    if isinstance(outcome, PermanentFailure) and outcome.gone and row.id is not None:
+        await mark_gone(session, row.id, outcome.reason)
+    return outcome
+
+
 async def test_send(
     session: AsyncSession,
     user_id: int,
@@ -328,26 +354,18 @@ async def test_send(
     verifies a channel (a Telegram chat id typed by hand proves nothing until our bot
     reached it); a failure is kept on the row so the page can say what went wrong."""
     row = await _owned(session, user_id, channel_id, ip)
-    notifier = notifiers.get(row.kind)
-    if notifier is None:
-        outcome: DeliveryResult = PermanentFailure(f"{row.kind} is not configured on this server")
-    else:
-        address = await address_for_delivery(session, row)
-        outcome = await notifier.send(
-            Message(
-                recipient=address,
-                subject=message.subject,
-                text=message.text,
-                html=message.html,
-                idempotency_key=f"test:{channel_id}:{utcnow().timestamp():.0f}",
-            )
-        )
+    key = f"test:{channel_id}:{utcnow().timestamp():.0f}"
+    outcome = await send(
+        session,
+        row,
+        notifiers,
+        Message("", message.subject, message.text, message.html, key),
+    )
+    await session.refresh(row)
     if isinstance(outcome, Delivered):
-        row.verified, row.last_error, row.gone_at = True, "", None
+        row.verified, row.last_error = True, ""
     else:
         row.last_error = outcome.reason[:300]
-        if isinstance(outcome, PermanentFailure) and outcome.gone:
-            row.enabled, row.gone_at = False, utcnow()
     row.updated_at = utcnow()
     session.add(row)
     await session.commit()
