@@ -83,72 +83,64 @@ def _field_error(key: str) -> rx.Component:
     )
 
 
+def _ticket_field(key: str, label_key: str, control: rx.Component) -> rx.Component:
+    return rx.box(rx.text(t(label_key), size="1", as_="label"), control, _field_error(key))
+
+
+def _text_input(key: str, auto_complete: str, *, numeric: bool = False) -> rx.Component:
+    return rx.input(
+        name=key,
+        value=PortfolioState.form[key].to(str),
+        on_change=lambda v: PortfolioState.set_order_field(key, v),
+        id=f"pf-{key}",
+        auto_complete=auto_complete,
+        input_mode="numeric" if numeric else "text",
+    )
+
+
+def _choice(key: str, id_: str, *options: tuple[str, str]) -> rx.Component:
+    return rx.el.select(
+        *(rx.el.option(t(label), value=value) for value, label in options),
+        name=key,
+        value=PortfolioState.form[key].to(str),
+        on_change=lambda v: PortfolioState.set_order_field(key, v),
+        id=id_,
+        style=SELECT_STYLE,
+    )
+
+
 def _ticket() -> rx.Component:
     return rx.card(
         rx.heading(t("portfolio.ticket"), size="3"),
         rx.text(t("portfolio.ticket.help"), size="1", color="var(--gray-10)"),
         rx.form(
             rx.grid(
-                rx.box(
-                    rx.text(t("portfolio.symbol"), size="1", as_="label"),
-                    rx.input(
-                        name="symbol",
-                        value=PortfolioState.form["symbol"].to(str),
-                        on_change=lambda v: PortfolioState.set_order_field("symbol", v),
-                        id="pf-symbol",
-                        auto_complete="off",
+                _ticket_field("symbol", "portfolio.symbol", _text_input("symbol", "off")),
+                _ticket_field(
+                    "side",
+                    "portfolio.side",
+                    _choice(
+                        "side",
+                        "pf-side",
+                        ("buy", "portfolio.side.buy"),
+                        ("sell", "portfolio.side.sell"),
                     ),
-                    _field_error("symbol"),
                 ),
-                rx.box(
-                    rx.text(t("portfolio.side"), size="1", as_="label"),
-                    rx.el.select(
-                        rx.el.option(t("portfolio.side.buy"), value="buy"),
-                        rx.el.option(t("portfolio.side.sell"), value="sell"),
-                        name="side",
-                        value=PortfolioState.form["side"].to(str),
-                        on_change=lambda v: PortfolioState.set_order_field("side", v),
-                        id="pf-side",
-                        style=SELECT_STYLE,
+                _ticket_field(
+                    "order_type",
+                    "portfolio.type",
+                    _choice(
+                        "order_type",
+                        "pf-type",
+                        ("limit", "portfolio.type.limit"),
+                        ("market", "portfolio.type.market"),
                     ),
-                    _field_error("side"),
                 ),
-                rx.box(
-                    rx.text(t("portfolio.type"), size="1", as_="label"),
-                    rx.el.select(
-                        rx.el.option(t("portfolio.type.limit"), value="limit"),
-                        rx.el.option(t("portfolio.type.market"), value="market"),
-                        name="order_type",
-                        value=PortfolioState.form["order_type"].to(str),
-                        on_change=lambda v: PortfolioState.set_order_field("order_type", v),
-                        id="pf-type",
-                        style=SELECT_STYLE,
-                    ),
-                    _field_error("order_type"),
-                ),
-                rx.box(
-                    rx.text(t("portfolio.qty"), size="1", as_="label"),
-                    rx.input(
-                        name="qty",
-                        value=PortfolioState.form["qty"].to(str),
-                        on_change=lambda v: PortfolioState.set_order_field("qty", v),
-                        id="pf-qty",
-                        input_mode="numeric",
-                    ),
-                    _field_error("qty"),
-                ),
+                _ticket_field("qty", "portfolio.qty", _text_input("qty", "off", numeric=True)),
                 rx.cond(
                     PortfolioState.form["order_type"].to(str) != "market",
-                    rx.box(
-                        rx.text(t("portfolio.price"), size="1", as_="label"),
-                        rx.input(
-                            name="price",
-                            value=PortfolioState.form["price"].to(str),
-                            on_change=lambda v: PortfolioState.set_order_field("price", v),
-                            id="pf-price",
-                            input_mode="numeric",
-                        ),
-                        _field_error("price"),
+                    _ticket_field(
+                        "price", "portfolio.price", _text_input("price", "off", numeric=True)
                     ),
                 ),
                 columns=rx.breakpoints(initial="2", sm="5"),
