@@ -21,7 +21,9 @@ payload on ``^`` and cut records by position, using the TR's known field count
 * ``fields > count * field_count`` and ``fields % count == 0``: KIS has appended
   fields to a TR's layout before, and every record of one frame has the same
   layout, so each record is ``fields / count`` long and we read the known leading
-  fields of each by position, ignoring the extra trailing ones. Only then; any
+  fields of each by position, ignoring the extra trailing ones -- unless that
+  length is a whole multiple of ``field_count``, which means the count is wrong
+  (three records sent under a count of 1), and the frame is rejected. Only then; any
   other total (too few fields, or a total that does not divide evenly) means we
   cannot know where records end, and the whole frame is rejected.
 * Each record's leading fields are then re-checked (symbol code shape, time
@@ -242,6 +244,13 @@ def split_records(frame: DataFrame, field_count: int) -> list[list[str]]:
         size = field_count
     elif total > expected and total % frame.count == 0:
         size = total // frame.count
+        if size % field_count == 0:
+            # Exactly k whole records per claimed record: the count is wrong, not the
+            # layout (an appended layout doubling itself is not a thing KIS does).
+            raise FrameError(
+                f"{frame.tr_id}: count says {frame.count} but {total} fields hold "
+                f"{total // field_count} records of {field_count}"
+            )
     else:
         raise FrameError(
             f"{frame.tr_id}: {total} fields do not make {frame.count} record(s) "

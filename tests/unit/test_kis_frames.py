@@ -73,6 +73,14 @@ def test_extra_trailing_fields_are_tolerated_in_every_record(extra: int):
     assert ticks_of(frame_of(T1, T2, T3, extra=extra)) == [T1, T2, T3]
 
 
+def test_a_count_smaller_than_the_records_sent_rejects_the_frame_with_a_reason(caplog):
+    # Found by the fuzz test: three whole records under a count of 1 once parsed as
+    # one tick with "extra fields", silently losing the other two.
+    message = frame_of(T1, T2, T3).replace("|003|", "|001|", 1)
+    assert ticks_of(message) == []
+    assert any("count says 1 but 138 fields hold 3 records" in m for m in warned(caplog))
+
+
 def test_missing_bsop_date_uses_the_callers_session_date():
     assert ticks_of(frame_of(T1, with_date=False), DAY) == [T1]
     other = date(2025, 3, 5)
@@ -146,7 +154,9 @@ def test_malformed_messages_are_rejected_with_a_reason(caplog, name, message, re
 
 BAD_TRADES: list[tuple[str, str, str]] = [
     ("count too high", "0|H0STCNT0|002|" + "^".join(trade_record(T1)), "do not make 2 record"),
-    ("count too low", frame_of(T1, T2).replace("|002|", "|001|"), None),
+    # Two whole records under a count of 1: the count is wrong, so nothing is trusted
+    # (read as one record with "extra fields", it once silently lost T2).
+    ("count too low", frame_of(T1, T2).replace("|002|", "|001|"), "count says 1 but 92"),
     ("truncated payload", frame_of(T1)[:-40], "do not make 1 record"),
     ("non-numeric price", _mutated(2, "7l000"), "STCK_PRPR is not a whole number"),
     ("zero price", _mutated(2, "0"), "STCK_PRPR 0 is outside"),
@@ -166,11 +176,6 @@ BAD_TRADES: list[tuple[str, str, str]] = [
 @pytest.mark.parametrize(("name", "message", "reason"), BAD_TRADES, ids=[b[0] for b in BAD_TRADES])
 def test_bad_trade_frames_never_become_ticks(caplog, name, message, reason):
     events = decode(message, DAY, {})
-    if name == "count too low":
-        # 92 fields with count 1: divisible, so read as one record with 46 extra
-        # fields; the record itself is the first tick, exactly (extension rule).
-        assert events == [T1]
-        return
     assert events == []
     assert len(warned(caplog)) == 1
     assert reason in warned(caplog)[0]
