@@ -71,3 +71,29 @@ class Delivery(SQLModel, table=True):
     last_error: str = Field(default="", max_length=500)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    digest_key: str = Field(default="", max_length=64, index=True)
+    """Set when this alert went out inside a digest message (a burst coalesced under
+    the channel's rate limit): every delivery of one digest shares the key."""
+    resumed: bool = False
+    """The worker died while this delivery was in flight and it was sent again: the
+    one case where the channel may have shown the alert twice."""
+
+
+class DailyDigest(SQLModel, table=True):
+    """One row per user and local day: the daily summary e-mail, sent at most once."""
+
+    __tablename__ = "daily_digests"
+    __table_args__ = (UniqueConstraint("user_id", "day", name="uq_daily_digest_user_day"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(
+        sa_column=Column(
+            Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False
+        )
+    )
+    day: str = Field(max_length=10)  # YYYY-MM-DD in the user's time zone
+    status: str = Field(default=DELIVERY_PENDING, max_length=12)
+    attempts: int = 0
+    last_error: str = Field(default="", max_length=500)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

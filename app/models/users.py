@@ -22,6 +22,7 @@ class User(SQLModel, table=True):
     language: str = Field(default="ko", max_length=5)
     timezone: str = Field(default="Asia/Seoul", max_length=64)
     email_alerts: bool = True
+    daily_digest: bool = False
     is_active: bool = True
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
