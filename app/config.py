@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +45,19 @@ class Settings(BaseSettings):
     delivery_poll_interval: float = Field(default=2.0, gt=0)
     delivery_max_attempts: int = Field(default=6, ge=1)
     delivery_backoff_base: float = Field(default=2.0, gt=0)
+    # Minimum seconds between two sends to one channel, per kind; alerts that queue up
+    # meanwhile go out together as one digest message (app/runtime/pacing.py).
+    delivery_intervals: str = ""
+    delivery_digest_max: int = Field(default=1000, ge=2, le=10000)
+    delivery_concurrency: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("delivery_intervals")
+    @classmethod
+    def _intervals_parse(cls, value: str) -> str:
+        from app.runtime.pacing import parse_intervals  # light module; avoids a cycle
+
+        parse_intervals(value)  # a typo fails at start-up, not as an unpaced channel
+        return value
 
     # E-mail (SMTP). Empty host disables the e-mail channel.
     smtp_host: str = ""
@@ -97,6 +110,9 @@ class Settings(BaseSettings):
     # Portfolio refresh from the user's broker or paper account (APScheduler job)
     portfolio_refresh_seconds: float = Field(default=60.0, gt=0)
 
+    # Daily digest e-mail: local time (each user's own time zone) after which it goes out
+    daily_digest_time: str = Field(default="16:10", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+
     # Sign-in
     local_login_enabled: bool = True
     oauth_flow_ttl_seconds: int = Field(default=600, ge=60)
@@ -122,6 +138,9 @@ class Settings(BaseSettings):
     telegram_bot_token: str = ""
     telegram_bot_username: str = ""
     telegram_api_base: str = "https://api.telegram.org"
+    telegram_link_ttl_minutes: int = Field(default=10, ge=1, le=24 * 60)
+    channel_verify_ttl_hours: int = Field(default=24, ge=1)
+    channel_verify_resend_seconds: int = Field(default=60, ge=0)
     discord_api_base: str = "https://discord.com"
     kakao_api_base: str = "https://kapi.kakao.com"
     kakao_auth_base: str = "https://kauth.kakao.com"

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import ColumnElement, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -35,7 +36,8 @@ from app.models.alerts import (
 from app.models.channels import NotificationChannel
 from app.models.common import utcnow
 from app.models.users import User
-from app.runtime.messages import RenderedAlert, render_alert
+from app.runtime.messages import DigestItem, RenderedAlert, render_alert, render_digest
+from app.runtime.pacing import ChannelKey, ChannelPacer, parse_intervals
 from app.services import channels
 from notifiers.base import (
     Delivered,
@@ -50,6 +52,25 @@ log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=5)
 BATCH = 50
+SCAN_KEYS = 200  # channels looked at per pass
+
+
+def _due(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Pending and due, or claimed by a worker whose lease has run out."""
+    return (
+        col(Delivery.status).in_([DELIVERY_PENDING, DELIVERY_SENDING]),
+        col(Delivery.next_attempt_at) <= now,
+    )
+
+
+def _hold(outcome: DeliveryResult | None) -> float:
+    return (outcome.retry_after or 0.0) if isinstance(outcome, Retryable) else 0.0
+
+
+def digest_key_for(ids: list[int]) -> str:
+    """Stable for one set of rows, so a resumed digest keeps its key."""
+    return hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()[:32]
+
 
 InAppPush = Callable[[int, dict], Awaitable[None]]
 """(user_id, alert view) -> push to that user's open pages."""
@@ -63,6 +84,7 @@ class DeliveryWorker:
         in_app_push: InAppPush | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] = utcnow,
+        pacer: ChannelPacer | None = None,
     ) -> None:
         self.settings = settings
         self.notifiers = notifiers
@@ -71,6 +93,11 @@ class DeliveryWorker:
         self._rng = rng or random.Random()
         # Injected so quiet hours and backoff can be tested without waiting them out.
         self.clock = clock
+        self.pacer = pacer or ChannelPacer(parse_intervals(settings.delivery_intervals))
+        self._gate = asyncio.Semaphore(max(1, settings.delivery_concurrency))
+        self._next_due: float | None = None
+        self.digests_sent = 0
+        self.alerts_in_digests = 0
 
     def backoff(self, attempts: int) -> float:
         """Exponential with full jitter, capped at an hour."""
@@ -78,6 +105,7 @@ class DeliveryWorker:
         return ceiling / 2 + self._rng.random() * ceiling / 2
 
     async def run(self) -> None:
+        await self.recover()
         while True:
             try:
                 handled = await self.run_once()
@@ -88,92 +116,233 @@ class DeliveryWorker:
                 handled = 0
             if handled:
                 continue
+            timeout = self.settings.delivery_poll_interval
+            if self._next_due is not None:  # a paced channel frees up sooner
+                timeout = max(0.01, min(timeout, self._next_due))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.settings.delivery_poll_interval)
+                await asyncio.wait_for(self.wake.wait(), timeout)
             self.wake.clear()
 
-    async def _claim(self) -> list[int]:
+    async def run_once(self) -> int:
+        """One pass: every channel with due deliveries is either sent to now (all its
+        due alerts, as one digest if there are several) or, while its pacing interval
+        runs, told to wait; returns how many deliveries were handled."""
         now = self.clock()
+        self._next_due = None
         async with db.session() as s:
-            due = (
+            keys = (
                 await s.exec(
-                    select(Delivery.id)
-                    .where(
-                        or_(
-                            col(Delivery.status) == DELIVERY_PENDING,
-                            col(Delivery.status) == DELIVERY_SENDING,  # expired lease
-                        ),
-                        col(Delivery.next_attempt_at) <= now,
-                    )
-                    .order_by(col(Delivery.next_attempt_at))
-                    .limit(BATCH)
+                    select(Delivery.user_id, Delivery.channel)
+                    .where(*_due(now))
+                    .group_by(col(Delivery.user_id), col(Delivery.channel))
+                    .order_by(func.min(col(Delivery.next_attempt_at)))
+                    .limit(SCAN_KEYS)
                 )
             ).all()
-            claimed: list[int] = []
-            for delivery_id in due:
-                result = await s.exec(
-                    update(Delivery)
-                    .where(
-                        col(Delivery.id) == delivery_id,
-                        col(Delivery.status).in_([DELIVERY_PENDING, DELIVERY_SENDING]),
-                        col(Delivery.next_attempt_at) <= now,
-                    )
-                    .values(
-                        status=DELIVERY_SENDING,
-                        attempts=Delivery.attempts + 1,
-                        next_attempt_at=now + LEASE,
-                    )
+        ready: list[ChannelKey] = []
+        for user_id, channel in keys:
+            key: ChannelKey = (user_id, channel)
+            wait = self.pacer.wait(key)
+            if wait > 0:
+                await self._postpone(key, now, wait)
+                self._next_due = wait if self._next_due is None else min(self._next_due, wait)
+            else:
+                ready.append(key)
+        counts = await asyncio.gather(*(self._gated(key, now) for key in ready))
+        return sum(counts)
+
+    async def _postpone(self, key: ChannelKey, now: datetime, wait: float) -> None:
+        """Not an attempt: the rows simply become due when the channel is free, so the
+        scan does not pick them up again and again meanwhile."""
+        async with db.session() as s:
+            await s.exec(
+                update(Delivery)
+                .where(
+                    col(Delivery.user_id) == key[0],
+                    col(Delivery.channel) == key[1],
+                    *_due(now),
                 )
-                if result.rowcount == 1:
-                    claimed.append(delivery_id)
+                .values(next_attempt_at=now + timedelta(seconds=wait))
+            )
+            await s.commit()
+
+    async def _gated(self, key: ChannelKey, now: datetime) -> int:
+        async with self._gate:
+            return await self._deliver_key(key, now)
+
+    async def _claim(self, key: ChannelKey, now: datetime, limit: int) -> list[tuple[int, int]]:
+        """Compare-and-set up to ``limit`` due rows of one channel to ``sending`` with a
+        lease; returns (id, attempts). A row whose lease had expired was in flight when
+        a worker died: it is flagged ``resumed``, since it may have arrived already."""
+        async with db.session() as s:
+            picked = (
+                select(Delivery.id)
+                .where(
+                    col(Delivery.user_id) == key[0],
+                    col(Delivery.channel) == key[1],
+                    *_due(now),
+                )
+                .order_by(col(Delivery.next_attempt_at), col(Delivery.id))
+                .limit(limit)
+            )
+            result = await s.exec(
+                update(Delivery)
+                .where(col(Delivery.id).in_(picked.scalar_subquery()), *_due(now))
+                .values(
+                    status=DELIVERY_SENDING,
+                    attempts=Delivery.attempts + 1,
+                    next_attempt_at=now + LEASE,
+                    resumed=or_(col(Delivery.resumed), col(Delivery.status) == DELIVERY_SENDING),
+                )
+                .returning(col(Delivery.id), col(Delivery.attempts))
+            )
+            claimed = sorted((int(i), int(a)) for i, a in result.all())
+            if len(claimed) > 1 and key[1] != CHANNEL_IN_APP:
+                ids = [i for i, _ in claimed]
+                await s.exec(
+                    update(Delivery)
+                    .where(col(Delivery.id).in_(ids))
+                    .values(digest_key=digest_key_for(ids))
+                )
             await s.commit()
         return claimed
 
-    async def run_once(self) -> int:
-        claimed = await self._claim()
-        for delivery_id in claimed:
-            await self._deliver(delivery_id)
-        return len(claimed)
+    async def _deliver_key(self, key: ChannelKey, now: datetime) -> int:
+        """A paced channel gets everything due in one go (a digest if several); an
+        unpaced one (in-app, or a kind set to 0) gets its alerts one by one, each
+        claimed just before it is sent so a crash leaves at most one in doubt."""
+        in_app = key[1] == CHANNEL_IN_APP
+        if not in_app and self.pacer.interval(key[1]) > 0:
+            claimed = await self._claim(key, now, self.settings.delivery_digest_max)
+            if not claimed:
+                return 0
+            if len(claimed) == 1:
+                outcome = await self._deliver(claimed[0][0])
+            else:
+                outcome = await self._deliver_digest(key, claimed)
+            self.pacer.sent(key, _hold(outcome))
+            return len(claimed)
+        handled = 0
+        while handled < BATCH:
+            claimed = await self._claim(key, now, 1)
+            if not claimed:
+                break
+            outcome = await self._deliver(claimed[0][0])
+            handled += 1
+            if isinstance(outcome, Retryable):  # the service pushed back: stop for now
+                self.pacer.sent(key, _hold(outcome))
+                break
+        return handled
 
-    async def _deliver(self, delivery_id: int) -> None:
+    async def recover(self) -> int:
+        """Deliveries left ``sending`` by a worker that died become due at once rather
+        than after their lease. Safe because one runner delivers (the leader); the
+        claim then flags them ``resumed``."""
+        now = self.clock()
+        async with db.session() as s:
+            result = await s.exec(
+                update(Delivery)
+                .where(col(Delivery.status) == DELIVERY_SENDING)
+                .values(next_attempt_at=now)
+            )
+            await s.commit()
+        if result.rowcount:
+            log.warning("%d deliveries were in flight when a worker stopped", result.rowcount)
+        return int(result.rowcount or 0)
+
+    async def _deliver(self, delivery_id: int) -> DeliveryResult | None:
         async with db.session() as s:
             delivery = await s.get(Delivery, delivery_id)
             if delivery is None:
-                return
+                return None
             event = await s.get(AlertEvent, delivery.event_id)
             user = await s.get(User, delivery.user_id)
             if event is None or user is None:
-                return
+                return None
             rendered = render_alert(event.payload, user.language, self.settings.app_base_url)
             if delivery.channel == CHANNEL_IN_APP:
-                outcome = await self._push_in_app(user.id or 0, event, rendered.title)
-            elif delivery.channel == CHANNEL_EMAIL and CHANNEL_EMAIL in self.notifiers:
-                outcome = await self.notifiers[CHANNEL_EMAIL].send(
-                    Message(
-                        recipient=user.email,
-                        subject=rendered.subject,
-                        text=rendered.text,
-                        html=rendered.html,
-                        idempotency_key=f"{event.idempotency_key}:{delivery.channel}",
-                    )
+                outcome: DeliveryResult | None = await self._push_in_app(
+                    user.id or 0, event, rendered.title
                 )
-            elif ":" in delivery.channel:
-                outcome = await self._to_user_channel(s, delivery, event, rendered)
-                if outcome is None:  # switched off or gone since the alert fired
-                    delivery.status = DELIVERY_SKIPPED
-                    delivery.last_error = "channel disabled"
-                    s.add(delivery)
-                    await s.commit()
-                    return
             else:
-                outcome = PermanentFailure(f"channel {delivery.channel} is not configured")
+                outcome = await self._send(
+                    s, delivery, user, rendered, f"{event.idempotency_key}:{delivery.channel}"
+                )
+            if outcome is None:  # switched off or gone since the alert fired
+                delivery.status = DELIVERY_SKIPPED
+                delivery.last_error = "channel disabled"
+                s.add(delivery)
+                await s.commit()
+                return None
             self._apply(delivery, outcome)
             s.add(delivery)
             await s.commit()
             log.info("delivery %s (%s) -> %s", delivery.id, delivery.channel, delivery.status)
+            return outcome
+
+    async def _deliver_digest(
+        self, key: ChannelKey, claimed: list[tuple[int, int]]
+    ) -> DeliveryResult | None:
+        """Several due alerts for one channel go out as one message; each row keeps its
+        own outcome, and they all share the digest key the message links to."""
+        ids = [i for i, _ in claimed]
+        async with db.session() as s:
+            user = await s.get(User, key[0])
+            rows = (
+                await s.exec(
+                    select(Delivery, AlertEvent)
+                    .join(AlertEvent, col(AlertEvent.id) == col(Delivery.event_id))
+                    .where(col(Delivery.id).in_(ids))
+                )
+            ).all()
+            if user is None or not rows:
+                return None
+            digest = rows[0][0].digest_key
+            rendered = render_digest(
+                [DigestItem(e.rule_id, e.payload, e.fired_at) for _, e in rows],
+                user.language,
+                self.settings.app_base_url,
+                digest,
+                user.timezone,
+            )
+            outcome = await self._send(s, rows[0][0], user, rendered, f"digest:{digest}")
+            for delivery, _ in rows:
+                if outcome is None:
+                    delivery.status, delivery.last_error = DELIVERY_SKIPPED, "channel disabled"
+                else:
+                    self._apply(delivery, outcome)
+                s.add(delivery)
+            await s.commit()
+        if isinstance(outcome, Delivered):
+            self.digests_sent += 1
+            self.alerts_in_digests += len(rows)
+        log.info("digest of %d deliveries (%s) -> %s", len(rows), key[1], type(outcome).__name__)
+        return outcome
+
+    async def _send(
+        self,
+        s: AsyncSession,
+        delivery: Delivery,
+        user: User,
+        rendered: RenderedAlert,
+        idempotency_key: str,
+    ) -> DeliveryResult | None:
+        if delivery.channel == CHANNEL_EMAIL and CHANNEL_EMAIL in self.notifiers:
+            return await self.notifiers[CHANNEL_EMAIL].send(
+                Message(
+                    recipient=user.email,
+                    subject=rendered.subject,
+                    text=rendered.text,
+                    html=rendered.html,
+                    idempotency_key=idempotency_key,
+                )
+            )
+        if ":" in delivery.channel:
+            return await self._to_user_channel(s, delivery, rendered, idempotency_key)
+        return PermanentFailure(f"channel {delivery.channel} is not configured")
 
     async def _to_user_channel(
-        self, s: AsyncSession, delivery: Delivery, event: AlertEvent, rendered: RenderedAlert
+        self, s: AsyncSession, delivery: Delivery, rendered: RenderedAlert, idempotency_key: str
     ) -> DeliveryResult | None:
         """Send to one of the user's own channels; the address is decrypted only here."""
         _, _, raw_id = delivery.channel.partition(":")
@@ -191,7 +360,7 @@ class DeliveryWorker:
                 subject=rendered.subject,
                 text=rendered.text,
                 html=rendered.html,
-                idempotency_key=f"{event.idempotency_key}:{delivery.channel}",
+                idempotency_key=idempotency_key,
             ),
         )
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from app import db
 from app.config import Settings
 from app.models.users import User
+from app.runtime.pacing import DEFAULT_INTERVALS
 from app.services import auth, symbols
 from brokers.paper.symbols import SYMBOLS
 from engines.market import Tick
@@ -38,6 +39,9 @@ def settings(**overrides: object) -> Settings:
         "delivery_poll_interval": 0.05,
         "delivery_backoff_base": 0.05,
         "delivery_max_attempts": 3,
+        # Pacing off: these tests count one message per alert. Pacing and digests are
+        # measured by their own tests (test_delivery_burst.py), which set intervals.
+        "delivery_intervals": ",".join(f"{k}=0" for k in DEFAULT_INTERVALS),
         "smtp_host": "",
         "app_base_url": "http://testserver",
     }
