@@ -109,3 +109,27 @@ def smtp_server() -> Iterator[SmtpSink]:
         yield sink
     finally:
         controller.stop()
+
+
+# --- figures a test measured, printed at the end of the run ----------------------------
+_FIGURES: list[tuple[str, dict[str, object]]] = []
+
+
+@pytest.fixture
+def report_figures(request: pytest.FixtureRequest):
+    """Tests that measure something (a burst, a crash) put their numbers in the run's
+    output, not only in an assertion message that shows up on failure."""
+
+    def report(**figures: object) -> None:
+        _FIGURES.append((request.node.nodeid, figures))
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    if _FIGURES:
+        import json
+
+        terminalreporter.section("measured figures")
+        for nodeid, figures in _FIGURES:
+            terminalreporter.write_line(f"{nodeid}: {json.dumps(figures, default=str)}")
