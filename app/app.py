@@ -11,7 +11,7 @@ import reflex as rx
 from fastapi import FastAPI
 
 from app import db
-from app.api import auth_routes, health, oauth_routes, push
+from app.api import auth_routes, channel_verify, health, kakao_link, oauth_routes, push
 from app.api.security import SecurityHeaders
 from app.config import get_settings
 from app.logging_setup import configure_logging
@@ -26,6 +26,7 @@ from app.pages.rules import rules_page
 from app.pages.settings import settings_page
 from app.pages.symbol import symbol_page
 from app.pages.watchlist import watchlist_page
+from app.runtime.daily_digest import digest_jobs
 from app.runtime.market_source import build_market
 from app.runtime.notifier_setup import build_notifiers
 from app.runtime.runner import Runner, set_current_runner
@@ -57,7 +58,8 @@ async def runner_lifespan(app: rx.App) -> AsyncIterator[None]:
     market = build_market(settings)
     async with db.session() as s:
         await symbols_service.sync_master(s, await market.list_symbols())
-    runner = Runner(settings, market, ui=ReflexUiSink(app), notifiers=build_notifiers(settings))
+    notifiers = build_notifiers(settings)
+    runner = Runner(settings, market, ui=ReflexUiSink(app), notifiers=notifiers)
     set_current_runner(runner)
     task = asyncio.create_task(runner.run(), name="runner")
     scheduler = build_scheduler(
@@ -65,7 +67,8 @@ async def runner_lifespan(app: rx.App) -> AsyncIterator[None]:
             "portfolio-refresh": (
                 lambda: refresh_open_pages(app),
                 settings.portfolio_refresh_seconds,
-            )
+            ),
+            **digest_jobs(settings, notifiers, runner.market),
         }
     )
     scheduler.start()
@@ -87,6 +90,8 @@ api.include_router(auth_routes.router)
 api.include_router(oauth_routes.router)
 api.include_router(health.router)
 api.include_router(push.router)
+api.include_router(kakao_link.router)
+api.include_router(channel_verify.router)
 
 app = rx.App(
     # Mount our routes first, then wrap everything (frontend too) in security headers.

@@ -248,6 +248,40 @@ async def set_role(email: str, role: str) -> int:
         await db.dispose()
 
 
+async def deliver() -> int:
+    """The outbox worker alone, without the web app or the market: for an operator who
+    runs delivery in its own process. It shares the outbox with the app's runner, so
+    run it only where the app's runner does not deliver (one deliverer per database)."""
+    import contextlib
+    import signal
+
+    from app.runtime.delivery import DeliveryWorker
+    from app.runtime.notifier_setup import build_notifiers
+
+    settings = get_settings()
+    notifiers = build_notifiers(settings)
+    worker = DeliveryWorker(settings, notifiers)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(worker.run(), name="deliver")
+    log.info("delivering the outbox on %s", ", ".join(sorted(notifiers)) or "in-app only")
+    try:
+        await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for notifier in notifiers.values():
+            close = getattr(notifier, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+        await db.dispose()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.cli")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -278,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         "vapid-keys",
         help="print a new VAPID key pair for web push (put both lines in .env, once)",
     )
+    sub.add_parser(
+        "deliver",
+        help="run only the outbox delivery worker (stop with SIGTERM or Ctrl-C)",
+    )
     args = parser.parse_args(argv)
     if args.cmd == "rotate-keys" and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -294,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_run_vault_command(args))
     elif args.cmd == "set-role":
         return asyncio.run(set_role(args.email, args.role))
+    elif args.cmd == "deliver":
+        return asyncio.run(deliver())
     elif args.cmd == "vapid-keys":
         public, private = generate_vapid_keys()
         # For the operator's terminal only: a private key never goes to the log.

@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     telegram_bot_token: str = ""
     telegram_bot_username: str = ""
     telegram_api_base: str = "https://api.telegram.org"
+    # Telegram's limits for a bot: about 1 message a second per chat and 30 a second
+    # overall; raise them only if Telegram raised them for your bot (paid broadcasts).
+    telegram_per_chat_per_s: float = Field(default=1.0, gt=0, le=1000)
+    telegram_global_per_s: float = Field(default=30.0, gt=0, le=1000)
     telegram_link_ttl_minutes: int = Field(default=10, ge=1, le=24 * 60)
     channel_verify_ttl_hours: int = Field(default=24, ge=1)
     channel_verify_resend_seconds: int = Field(default=60, ge=0)

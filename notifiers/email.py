@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import ssl
@@ -42,11 +43,15 @@ class EmailNotifier:
         msg["Subject"] = message.subject
         msg["Date"] = formatdate(localtime=False)
         domain_match = _DOMAIN.search(self.config.sender)
-        # Same key -> same Message-ID, so a resend after a crash is recognisable.
-        msg["Message-ID"] = make_msgid(
-            idstring=message.idempotency_key.replace(":", "."),
-            domain=domain_match.group(1) if domain_match else "localhost",
-        )
+        # Same key -> same Message-ID, so a resend after a crash is one message to mail
+        # clients that thread and de-duplicate by it (make_msgid adds time and
+        # randomness, so it is built here from the key alone).
+        domain = domain_match.group(1) if domain_match else "localhost"
+        if message.idempotency_key:
+            digest = hashlib.sha256(message.idempotency_key.encode()).hexdigest()[:32]
+            msg["Message-ID"] = f"<{digest}@{domain}>"
+        else:
+            msg["Message-ID"] = make_msgid(domain=domain)
         msg["X-Tickwatch-Key"] = message.idempotency_key
         msg.set_content(message.text)
         msg.add_alternative(message.html, subtype="html")

@@ -16,6 +16,22 @@ As Kakao documents them:
   400/-10 over quota (or 429 when ``quota_status`` says so), 400/-2 for a bad template,
   503/-9798 maintenance or 500 when ``fail_status`` is set.
 
+* ``GET /oauth/authorize`` (``client_id``, ``redirect_uri``, ``response_type=code``,
+  ``scope``, ``state``): the user signs in and consents at once (who, and what they
+  decline, is set on the fake: ``login_as``, ``decline``, ``deny``), then the browser
+  is sent back with ``302 redirect_uri?code=...&state=...``, or with
+  ``?error=access_denied&error_description=...&state=...`` when the user cancels. An
+  unknown client id (KOE101) or an unregistered redirect URI (KOE006) is answered with
+  an error page, not a redirect, as Kakao does.
+* ``POST /oauth/token`` with ``grant_type=authorization_code`` (``code``,
+  ``redirect_uri``, ``client_id``, ``client_secret``) -> the refresh answer plus
+  ``refresh_token`` and ``scope`` (space separated, what the user agreed to). Codes are
+  single use and live ten minutes. Errors: ``400 invalid_grant KOE320`` for an unknown,
+  expired or already used code, ``400 invalid_grant KOE303`` when ``redirect_uri``
+  differs from the authorize request's, ``401 invalid_client KOE010`` for a bad secret.
+* ``GET /v2/user/me`` (``Authorization: Bearer``) -> ``{"id", "connected_at"}``;
+  401/-401 for an unknown or expired token.
+
 Each user has scopes; ``connect()`` issues tokens the way a finished Kakao login would.
 """
 
@@ -27,16 +43,19 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route
 
 from tests.conftest import free_port
 from tests.loopback import LoopbackServer
 
 MEMO_PATH = "/v2/api/talk/memo/default/send"
+USER_ME_PATH = "/v2/user/me"
+CODE_LIFETIME = 600  # Kakao's authorization codes live ten minutes
 
 
 @dataclass
@@ -60,6 +79,10 @@ class KakaoFake:
     delay_s: float = 0.0  # memo sends wait this long
     token_delay_s: float = 0.0
     token_fail_status: int | None = None
+    redirect_uris: list[str] = field(default_factory=list)  # registered in the console
+    login_as: int | None = None  # who signs in at /oauth/authorize (None: a new user)
+    decline: set[str] = field(default_factory=set)  # scopes the user unticks at consent
+    deny: bool = False  # the user presses "cancel" at consent
     # records
     memos: list[Memo] = field(default_factory=list)
     memo_requests: int = 0
@@ -67,11 +90,18 @@ class KakaoFake:
     refresh_requests: int = 0
     refresh_errors: list[str] = field(default_factory=list)
     every_token: list[str] = field(default_factory=list)  # access and refresh, all issued
+    authorize_requests: list[dict[str, str]] = field(default_factory=list)
+    code_requests: int = 0  # authorization_code grants, answered or not
+    code_exchanges: int = 0  # successful
+    code_errors: list[str] = field(default_factory=list)
+    every_code: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._access: dict[str, tuple[int, float]] = {}  # token -> (user, expiry)
         self._refresh: dict[str, int] = {}  # refresh token -> user
         self.scopes: dict[int, set[str]] = {}
+        # code -> (user, redirect_uri, scopes granted, expiry)
+        self._codes: dict[str, tuple[int, str, set[str], float]] = {}
         self._server: LoopbackServer | None = None
         self._next_user = 1000
 
@@ -109,25 +139,117 @@ class KakaoFake:
 
     # --- kauth ------------------------------------------------------------------------------
 
-    def _token_error(self, status: int, error: str, code: str, description: str) -> JSONResponse:
-        self.refresh_errors.append(f"{error} {code}")
+    def _token_error(
+        self,
+        status: int,
+        error: str,
+        code: str,
+        description: str,
+        records: list[str] | None = None,
+    ) -> JSONResponse:
+        (self.refresh_errors if records is None else records).append(f"{error} {code}")
         return JSONResponse(
             {"error": error, "error_description": description, "error_code": code}, status
         )
 
+    def _client_error(self, form: Any, records: list[str]) -> JSONResponse | None:
+        if form.get("client_id") != self.client_id:
+            return self._token_error(401, "invalid_client", "KOE101", "invalid client_id", records)
+        if self.client_secret and form.get("client_secret") != self.client_secret:
+            return self._token_error(
+                401, "invalid_client", "KOE010", "Bad client credentials", records
+            )
+        return None
+
+    async def authorize(self, request: Request) -> JSONResponse | RedirectResponse:
+        """Kakao's login and consent screens, as if the user clicked through them."""
+        params = dict(request.query_params)
+        self.authorize_requests.append(params)
+        if params.get("client_id") != self.client_id:
+            return JSONResponse({"error": "invalid_client", "error_code": "KOE101"}, 400)
+        redirect_uri = params.get("redirect_uri", "")
+        if redirect_uri not in self.redirect_uris:
+            return JSONResponse({"error": "invalid_request", "error_code": "KOE006"}, 400)
+        state = {"state": params["state"]} if "state" in params else {}
+        if params.get("response_type") != "code":
+            query = {"error": "unsupported_response_type", **state}
+            return RedirectResponse(f"{redirect_uri}?{urlencode(query)}", 302)
+        if self.deny:
+            query = {
+                "error": "access_denied",
+                "error_description": "User denied access",
+                **state,
+            }
+            return RedirectResponse(f"{redirect_uri}?{urlencode(query)}", 302)
+        if self.login_as is None:
+            user = self._next_user
+            self._next_user += 1
+            self.scopes[user] = {"profile_nickname"}
+        else:
+            user = self.login_as
+            self.scopes.setdefault(user, {"profile_nickname"})
+        asked = set(params.get("scope", "").replace(",", " ").split())
+        self.scopes[user] |= asked - self.decline
+        code = secrets.token_urlsafe(48)
+        self._codes[code] = (
+            user,
+            redirect_uri,
+            set(self.scopes[user]),
+            time.time() + CODE_LIFETIME,
+        )
+        self.every_code.append(code)
+        return RedirectResponse(f"{redirect_uri}?{urlencode({'code': code, **state})}", 302)
+
+    def _code_grant(self, form: Any) -> JSONResponse:
+        self.code_requests += 1
+        problem = self._client_error(form, self.code_errors)
+        if problem is not None:
+            return problem
+        code = str(form.get("code", ""))
+        found = self._codes.pop(code, None)  # single use, whatever the outcome
+        if found is None or found[3] <= time.time():
+            return self._token_error(
+                400,
+                "invalid_grant",
+                "KOE320",
+                f"authorization code not found for code={code}",
+                self.code_errors,
+            )
+        user, redirect_uri, scopes, _ = found
+        if form.get("redirect_uri") != redirect_uri:
+            return self._token_error(
+                400, "invalid_grant", "KOE303", "Redirect URI mismatch.", self.code_errors
+            )
+        self.code_exchanges += 1
+        return JSONResponse(
+            {
+                "token_type": "bearer",
+                "access_token": self._issue_access(user),
+                "expires_in": self.access_lifetime,
+                "refresh_token": self._issue_refresh(user),
+                "refresh_token_expires_in": 5183999,
+                "scope": " ".join(sorted(scopes)),
+            }
+        )
+
     async def token(self, request: Request) -> JSONResponse:
-        self.refresh_requests += 1
+        form = await request.form()
+        grant = form.get("grant_type")
+        if grant != "authorization_code":
+            self.refresh_requests += 1
         if self.token_delay_s:
             await asyncio.sleep(self.token_delay_s)
         if self.token_fail_status is not None:
+            if grant == "authorization_code":
+                self.code_requests += 1
             return JSONResponse({"error": "server_error"}, self.token_fail_status)
-        form = await request.form()
-        if form.get("grant_type") != "refresh_token":
+        if grant == "authorization_code":
+            return self._code_grant(form)
+        if grant != "refresh_token":
             return self._token_error(400, "unsupported_grant_type", "KOE006", "bad grant_type")
-        if form.get("client_id") != self.client_id:
-            return self._token_error(401, "invalid_client", "KOE101", "invalid client_id")
-        if self.client_secret and form.get("client_secret") != self.client_secret:
-            return self._token_error(401, "invalid_client", "KOE010", "Bad client credentials")
+        problem = self._client_error(form, self.refresh_errors)
+        if problem is not None:
+            return problem
         old = str(form.get("refresh_token", ""))
         user = self._refresh.get(old)
         if user is None:
@@ -148,14 +270,24 @@ class KakaoFake:
 
     # --- kapi ------------------------------------------------------------------------------
 
+    def _bearer_user(self, request: Request) -> tuple[int, str]:
+        bearer = request.headers.get("authorization", "")
+        token = bearer.removeprefix("Bearer ") if bearer.startswith("Bearer ") else ""
+        user, expiry = self._access.get(token, (0, 0.0))
+        return (user, token) if user and expiry > time.time() else (0, token)
+
+    async def user_me(self, request: Request) -> JSONResponse:
+        user, _ = self._bearer_user(request)
+        if not user:
+            return JSONResponse({"msg": "this access token does not exist", "code": -401}, 401)
+        return JSONResponse({"id": user, "connected_at": "2026-03-05T01:00:00Z"})
+
     async def memo(self, request: Request) -> JSONResponse:
         self.memo_requests += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        bearer = request.headers.get("authorization", "")
-        token = bearer.removeprefix("Bearer ") if bearer.startswith("Bearer ") else ""
-        user, expiry = self._access.get(token, (0, 0.0))
-        if not user or expiry <= time.time():
+        user, token = self._bearer_user(request)
+        if not user:
             return JSONResponse({"msg": "this access token does not exist", "code": -401}, 401)
         if "talk_message" not in self.scopes.get(user, set()):
             return JSONResponse(
@@ -198,7 +330,9 @@ class KakaoFake:
     def app(self) -> Starlette:
         return Starlette(
             routes=[
+                Route("/oauth/authorize", self.authorize, methods=["GET"]),
                 Route("/oauth/token", self.token, methods=["POST"]),
+                Route(USER_ME_PATH, self.user_me, methods=["GET"]),
                 Route(MEMO_PATH, self.memo, methods=["POST"]),
             ]
         )

@@ -1,4 +1,5 @@
-"""Web-push subscriptions: the browser's service worker registers itself here.
+"""Web-push subscriptions: the browser's service worker registers itself here; and
+FCM registration tokens, which an operator's native wrapper app registers the same way.
 
 A JSON route rather than a Reflex event because ``PushSubscription`` lives in
 the service worker's world (``pwa.js`` calls it with ``fetch``). The user comes
@@ -29,15 +30,29 @@ async def _caller(request: Request) -> int | None:
     return None if user is None else user.id
 
 
-async def _body(request: Request) -> dict | None:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        return None
+async def _raw_body(request: Request) -> bytes | None:
+    """The body, or None once it passes MAX_BODY: reading stops there, not at its end."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(raw: bytes) -> dict | None:
     try:
         body = json.loads(raw or b"{}")
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
+
+
+async def _body(request: Request) -> dict | None:
+    raw = await _raw_body(request)
+    return None if raw is None else _parse(raw)
 
 
 def _error(status: int, code: str, reason: str = "") -> JSONResponse:
@@ -87,4 +102,65 @@ async def unsubscribe(request: Request) -> JSONResponse:
         return _error(400, "bad_json")
     async with db.session() as s:
         removed = await channels.remove_webpush(s, user_id, endpoint, ip=_client_ip(request))
+    return JSONResponse({"removed": removed}, status_code=200 if removed else 404)
+
+
+# --- FCM: a native wrapper app registers its device's registration token -------------
+
+
+def _fcm_configured() -> bool:
+    settings = get_settings()
+    return bool(settings.fcm_project_id and settings.fcm_service_account_file)
+
+
+async def _fcm_body(request: Request) -> dict | JSONResponse:
+    """The JSON object sent, or the error answer: too large (413) or not JSON (400)."""
+    raw = await _raw_body(request)
+    if raw is None:
+        return _error(413, "body_too_large", f"at most {MAX_BODY} bytes")
+    body = _parse(raw)
+    return _error(400, "bad_json") if body is None else body
+
+
+@router.post("/api/push/fcm-tokens")
+async def register_fcm(request: Request) -> JSONResponse:
+    if not _same_origin(request):
+        return _error(403, "cross_origin")
+    user_id = await _caller(request)
+    if user_id is None:
+        return _error(401, "signed_out")
+    if not _fcm_configured():
+        return _error(404, "fcm_not_configured", "FCM not configured")
+    body = await _fcm_body(request)
+    if isinstance(body, JSONResponse):
+        return body
+    token = body.get("token")
+    label = str(body.get("label", "") or "")[:60]
+    try:
+        async with db.session() as s:
+            row = await channels.add_fcm(
+                s, user_id, token if isinstance(token, str) else "", label, ip=_client_ip(request)
+            )
+    except ValidationFailed as exc:
+        code, params = next(iter(exc.field_errors.values()))
+        return _error(400, code, str(params.get("reason", "")))
+    return JSONResponse({"id": row.id, "hint": row.hint}, status_code=201)
+
+
+@router.delete("/api/push/fcm-tokens")
+async def unregister_fcm(request: Request) -> JSONResponse:
+    """Works with FCM switched off too: removing one's own device is always allowed."""
+    if not _same_origin(request):
+        return _error(403, "cross_origin")
+    user_id = await _caller(request)
+    if user_id is None:
+        return _error(401, "signed_out")
+    body = await _fcm_body(request)
+    if isinstance(body, JSONResponse):
+        return body
+    token = body.get("token")
+    if not isinstance(token, str) or not token:
+        return _error(400, "bad_json", "token is required")
+    async with db.session() as s:
+        removed = await channels.remove_fcm(s, user_id, token, ip=_client_ip(request))
     return JSONResponse({"removed": removed}, status_code=200 if removed else 404)

@@ -39,6 +39,20 @@ def history_page() -> rx.Component:
             wrap="wrap",
         ),
         rx.cond(
+            HistoryState.digest_filter,
+            rx.callout(
+                rx.flex(
+                    rx.text(t("history.digest_only")),
+                    rx.link(t("history.show_all"), href="/history"),
+                    spacing="2",
+                    wrap="wrap",
+                ),
+                size="1",
+                margin_top="12px",
+                id="history-digest-filter",
+            ),
+        ),
+        rx.cond(
             LiveState.unread > HistoryState.loaded_unread,
             rx.button(
                 t("history.new_alerts"),

@@ -1,4 +1,4 @@
-"""Settings: signed-in devices, each revocable."""
+"""Settings: signed-in devices (each revocable), linked sign-ins, the daily summary e-mail."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import reflex as rx
 from reflex_components_core.react_router.dom import ReactRouterLink
 
 from app.components.i18n import t
-from app.components.layout import error_text, page_frame
+from app.components.layout import error_text, notice_text, page_frame
 from app.states.session import SessionState
 from app.states.settings import SettingsState
 
@@ -84,6 +84,44 @@ def _link_button(provider: rx.Var) -> rx.Component:
     )
 
 
+def _digest_switch() -> rx.Component:
+    """Disabled, with the reason, when the server cannot send e-mail (no SMTP): the job
+    is not even scheduled then, so a switch that seems to work would be a lie."""
+    return rx.box(
+        rx.heading(t("daily.setting.title"), size="4", margin_top="24px"),
+        rx.flex(
+            rx.switch(
+                checked=SettingsState.daily_digest,
+                on_change=SettingsState.set_daily_digest,
+                disabled=~SettingsState.digest_available,
+                id="daily-digest-switch",
+            ),
+            rx.text(
+                SessionState.tr["daily.setting.hint"]
+                .to(str)
+                .replace("{time}", SettingsState.digest_time),
+                size="2",
+                color="var(--gray-11)",
+            ),
+            align="center",
+            spacing="3",
+            margin_top="8px",
+        ),
+        rx.cond(
+            SettingsState.digest_available,
+            rx.fragment(),
+            rx.text(
+                t("daily.setting.unavailable"),
+                size="2",
+                color="var(--amber-11)",
+                id="daily-digest-unavailable",
+            ),
+        ),
+        notice_text(SettingsState.digest_notice, "daily-digest-notice"),
+        id="daily-digest",
+    )
+
+
 def settings_page() -> rx.Component:
     return page_frame(
         rx.heading(t("settings.title"), size="6"),
@@ -105,4 +143,5 @@ def settings_page() -> rx.Component:
             wrap="wrap",
             margin_top="8px",
         ),
+        _digest_switch(),
     )

@@ -105,28 +105,50 @@ class DeliveryWorker:
         return ceiling / 2 + self._rng.random() * ceiling / 2
 
     async def run(self) -> None:
+        """Each channel is worked by its own task, so a slow or paced channel (a chat
+        limited to one message a second) never holds up the others; a channel whose
+        task is still busy is left out of the next scan."""
         await self.recover()
-        while True:
-            try:
-                handled = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("delivery pass failed; retrying")
-                handled = 0
-            if handled:
-                continue
-            timeout = self.settings.delivery_poll_interval
-            if self._next_due is not None:  # a paced channel frees up sooner
-                timeout = max(0.01, min(timeout, self._next_due))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
-            self.wake.clear()
+        active: dict[ChannelKey, asyncio.Task[int]] = {}
+
+        def finished(key: ChannelKey, task: asyncio.Task[int]) -> None:
+            active.pop(key, None)
+            self.wake.set()  # it may have left more behind, or freed a slot
+
+        try:
+            while True:
+                try:
+                    ready, now = await self._scan(skip=set(active))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("delivery scan failed; retrying")
+                    ready, now = [], self.clock()
+                for key in ready:
+                    task = asyncio.create_task(self._gated(key, now), name=f"deliver-{key[1]}")
+                    active[key] = task
+                    task.add_done_callback(lambda t, key=key: finished(key, t))
+                timeout = self.settings.delivery_poll_interval
+                if self._next_due is not None:  # a paced channel frees up sooner
+                    timeout = max(0.01, min(timeout, self._next_due))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+                self.wake.clear()
+        finally:
+            for task in list(active.values()):
+                task.cancel()
+            if active:
+                await asyncio.gather(*active.values(), return_exceptions=True)
 
     async def run_once(self) -> int:
-        """One pass: every channel with due deliveries is either sent to now (all its
-        due alerts, as one digest if there are several) or, while its pacing interval
-        runs, told to wait; returns how many deliveries were handled."""
+        """One pass, waited to its end: every channel with due deliveries is either
+        sent to now (all its due alerts, as one digest if there are several) or, while
+        its pacing interval runs, told to wait; returns how many were handled."""
+        ready, now = await self._scan(skip=set())
+        counts = await asyncio.gather(*(self._gated(key, now) for key in ready))
+        return sum(counts)
+
+    async def _scan(self, skip: set[ChannelKey]) -> tuple[list[ChannelKey], datetime]:
         now = self.clock()
         self._next_due = None
         async with db.session() as s:
@@ -142,14 +164,15 @@ class DeliveryWorker:
         ready: list[ChannelKey] = []
         for user_id, channel in keys:
             key: ChannelKey = (user_id, channel)
+            if key in skip:
+                continue
             wait = self.pacer.wait(key)
             if wait > 0:
                 await self._postpone(key, now, wait)
                 self._next_due = wait if self._next_due is None else min(self._next_due, wait)
             else:
                 ready.append(key)
-        counts = await asyncio.gather(*(self._gated(key, now) for key in ready))
-        return sum(counts)
+        return ready, now
 
     async def _postpone(self, key: ChannelKey, now: datetime, wait: float) -> None:
         """Not an attempt: the rows simply become due when the channel is free, so the
@@ -168,7 +191,13 @@ class DeliveryWorker:
 
     async def _gated(self, key: ChannelKey, now: datetime) -> int:
         async with self._gate:
-            return await self._deliver_key(key, now)
+            try:
+                return await self._deliver_key(key, now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one channel's failure must not stop the others
+                log.exception("delivering to %s failed; its rows retry after their lease", key[1])
+                return 0
 
     async def _claim(self, key: ChannelKey, now: datetime, limit: int) -> list[tuple[int, int]]:
         """Compare-and-set up to ``limit`` due rows of one channel to ``sending`` with a

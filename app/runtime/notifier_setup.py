@@ -12,10 +12,12 @@ import logging
 from pathlib import Path
 
 from app.config import Settings
+from app.services.kakao_tokens import VaultKakaoTokenStore
 from notifiers.base import Notifier
 from notifiers.discord import DiscordNotifier
 from notifiers.email import EmailNotifier, SmtpConfig
 from notifiers.fcm import FcmNotifier
+from notifiers.kakao import KakaoMemoNotifier
 from notifiers.telegram import TelegramNotifier
 from notifiers.webpush import WebPushNotifier
 
@@ -49,6 +51,8 @@ def build_notifiers(settings: Settings) -> dict[str, Notifier]:
             settings.telegram_bot_token,
             api_base=settings.telegram_api_base,
             timeout=settings.notify_timeout,
+            per_chat_per_s=settings.telegram_per_chat_per_s,
+            global_per_s=settings.telegram_global_per_s,
         )
     if settings.vapid_private_key:
         out["webpush"] = WebPushNotifier(
@@ -57,6 +61,17 @@ def build_notifiers(settings: Settings) -> dict[str, Notifier]:
             timeout=settings.notify_timeout,
             default_url=settings.app_base_url,
             allow_loopback=_loopback(settings.app_base_url),
+        )
+    if settings.kakao_client_id:
+        # Users link their own KakaoTalk (app.api.kakao_link); their tokens stay in the vault.
+        out["kakao"] = KakaoMemoNotifier(
+            client_id=settings.kakao_client_id,
+            client_secret=settings.kakao_client_secret,
+            token_store=VaultKakaoTokenStore(),
+            api_base=settings.kakao_api_base,
+            auth_base=settings.kakao_auth_base,
+            timeout=settings.notify_timeout,
+            default_url=settings.app_base_url,
         )
     if settings.fcm_project_id and settings.fcm_service_account_file:
         try:

@@ -46,9 +46,7 @@ def parse_intervals(text: str) -> dict[str, float]:
         except ValueError:
             value = -1.0
         if not sep or not kind or value < 0 or value != value or value > 3600:
-            raise ValueError(
-                f"DELIVERY_INTERVALS entry {part!r} must be kind=seconds (0 to 3600)"
-            )
+            raise ValueError(f"DELIVERY_INTERVALS entry {part!r} must be kind=seconds (0 to 3600)")
         out[kind] = value
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -11,7 +12,23 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models.alerts import AlertEvent, Delivery
+from app.models.channels import NotificationChannel
 from app.models.common import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryView:
+    """One channel's outcome for one alert, as the history shows it."""
+
+    channel: str  # "in_app", "email" or a channel kind such as "telegram"
+    label: str  # the user's name for their channel, if any
+    status: str
+    error: str
+    in_digest: bool
+    resumed: bool
+
+
+DIGEST_KEY = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(slots=True)
@@ -22,16 +39,29 @@ class HistoryRow:
     payload: dict[str, Any]
     fired_at: datetime
     read: bool
-    deliveries: list[tuple[str, str, str]] = field(default_factory=list)  # channel, status, error
+    deliveries: list[DeliveryView] = field(default_factory=list)
 
 
-async def history(session: AsyncSession, user_id: int, limit: int = 100) -> list[HistoryRow]:
+async def history(
+    session: AsyncSession, user_id: int, limit: int = 100, digest: str = ""
+) -> list[HistoryRow]:
+    """The newest alerts with every channel's outcome. ``digest`` (the key a digest
+    message links to) narrows it to the alerts that message stood for; a malformed
+    key matches nothing rather than everything."""
+    query = select(AlertEvent).where(AlertEvent.user_id == user_id)
+    if digest:
+        if not DIGEST_KEY.fullmatch(digest):
+            return []
+        query = query.where(
+            col(AlertEvent.id).in_(
+                select(Delivery.event_id).where(
+                    Delivery.user_id == user_id, Delivery.digest_key == digest
+                )
+            )
+        )
     events = (
         await session.exec(
-            select(AlertEvent)
-            .where(AlertEvent.user_id == user_id)
-            .order_by(col(AlertEvent.fired_at).desc(), col(AlertEvent.id).desc())
-            .limit(limit)
+            query.order_by(col(AlertEvent.fired_at).desc(), col(AlertEvent.id).desc()).limit(limit)
         )
     ).all()
     rows = {
@@ -46,6 +76,16 @@ async def history(session: AsyncSession, user_id: int, limit: int = 100) -> list
         for e in events
     }
     if rows:
+        labels = {
+            f"{kind}:{cid}": label
+            for cid, kind, label in (
+                await session.exec(
+                    select(
+                        NotificationChannel.id, NotificationChannel.kind, NotificationChannel.label
+                    ).where(NotificationChannel.user_id == user_id)
+                )
+            ).all()
+        }
         deliveries = (
             await session.exec(
                 select(Delivery)
@@ -54,7 +94,16 @@ async def history(session: AsyncSession, user_id: int, limit: int = 100) -> list
             )
         ).all()
         for d in deliveries:
-            rows[d.event_id].deliveries.append((d.channel, d.status, d.last_error))
+            rows[d.event_id].deliveries.append(
+                DeliveryView(
+                    channel=d.channel.partition(":")[0],
+                    label=labels.get(d.channel, ""),
+                    status=d.status,
+                    error=d.last_error,
+                    in_digest=bool(d.digest_key),
+                    resumed=d.resumed,
+                )
+            )
     return list(rows.values())
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import ColumnElement, and_
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -21,6 +23,9 @@ from app.config import get_settings
 from app.models.channels import (
     ADDRESS_FIELD,
     CHANNEL_DISCORD,
+    CHANNEL_EXTRA_EMAIL,
+    CHANNEL_FCM,
+    CHANNEL_KAKAO,
     CHANNEL_OWNER_TABLE,
     CHANNEL_TELEGRAM,
     CHANNEL_WEBPUSH,
@@ -31,15 +36,19 @@ from app.services import audit, vault
 from app.services.errors import NotFound, ValidationFailed
 from notifiers.base import Delivered, DeliveryResult, Message, Notifier, PermanentFailure
 from notifiers.discord import validate_webhook_url
+from notifiers.telegram import TelegramNotifier
 from notifiers.webpush import validate_subscription
 
 TARGET_TYPE = "notification_channel"
 MAX_LABEL = 60
 MAX_CHANNELS = 20
 MASK = "••••"
+# Kinds sent by another kind's notifier: an extra address goes out like the account's.
+NOTIFIER_FOR = {CHANNEL_EXTRA_EMAIL: "email"}
 
 CHANNEL_ADDED = "channels.added"
 CHANNEL_DELETED = "channels.deleted"
+CHANNEL_RELINKED = "channels.relinked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,8 @@ async def list_channels(session: AsyncSession, user_id: int) -> list[ChannelRow]
         await session.exec(
             select(NotificationChannel)
             .where(NotificationChannel.user_id == user_id)
+            # A Telegram link still waiting for its code has no address: not a channel yet.
+            .where(~_pending_link())
             .order_by(col(NotificationChannel.id))
         )
     ).all()
@@ -102,8 +113,12 @@ async def _add(
     *,
     verified: bool,
     ip: str,
+    key: str | None = None,
+    verify_token_hash: str = "",
 ) -> ChannelRow:
-    digest = _hash(kind, address)
+    """``key``: what identifies the channel when its address changes (Kakao's tokens
+    rotate; the Kakao account stays); by default the address itself."""
+    digest = _hash(kind, address if key is None else key)
     existing = (
         await session.exec(
             select(NotificationChannel).where(
@@ -130,6 +145,7 @@ async def _add(
         hint=hint,
         address_hash=digest,
         verified=verified,
+        verify_token_hash=verify_token_hash,
     )
     try:
         session.add(row)
@@ -219,6 +235,89 @@ async def add_webpush(
         raise
 
 
+FCM_TOKEN = re.compile(r"[A-Za-z0-9_:\-]{20,1024}")
+
+
+async def add_fcm(
+    session: AsyncSession, user_id: int, token: str, label: str = "", ip: str = ""
+) -> ChannelRow:
+    """A native app's FCM registration token (~160 characters of base64url and ':').
+    The same device registering again gets its existing channel back."""
+    label = _label(label)
+    token = (token or "").strip()
+    if not FCM_TOKEN.fullmatch(token):
+        raise ValidationFailed.single(
+            "address",
+            "channel_fcm_token",
+            reason="expected 20 to 1024 characters of A-Z, a-z, 0-9, '_', '-' or ':'",
+        )
+    existing = await _by_hash(session, user_id, _hash(CHANNEL_FCM, token))
+    if existing is not None:
+        return _row(existing)
+    return await _add(
+        session,
+        user_id,
+        CHANNEL_FCM,
+        token,
+        label,
+        f"device {MASK}{token[-4:]}",
+        verified=True,
+        ip=ip,
+    )
+
+
+async def remove_fcm(session: AsyncSession, user_id: int, token: str, ip: str = "") -> bool:
+    """Unregister a device by its token. False if the caller has no such device."""
+    row = await _by_hash(session, user_id, _hash(CHANNEL_FCM, (token or "").strip()))
+    if row is None or row.id is None:
+        return False
+    await delete(session, user_id, row.id, ip)
+    return True
+
+
+async def add_kakao(
+    session: AsyncSession, user_id: int, kakao_user_id: str, tokens: str, ip: str = ""
+) -> ChannelRow:
+    """A linked Kakao account; ``tokens`` is the vault value (``kakao_tokens.encode_tokens``).
+    Keyed by the Kakao user id, so linking the same account again replaces its tokens
+    (and switches the channel back on) instead of adding a duplicate."""
+    if not kakao_user_id.isdigit():
+        raise ValidationFailed.single("address", "kakao_link_failed")
+    key = f"kakao-user:{kakao_user_id}"
+    existing = await _by_hash(session, user_id, _hash(CHANNEL_KAKAO, key))
+    if existing is None:
+        return await _add(
+            session,
+            user_id,
+            CHANNEL_KAKAO,
+            tokens,
+            "",
+            f"id {MASK}{kakao_user_id[-4:]}",
+            verified=True,
+            ip=ip,
+            key=key,
+        )
+    assert existing.id is not None
+    try:
+        await vault.put(session, CHANNEL_OWNER_TABLE, existing.id, user_id, {ADDRESS_FIELD: tokens})
+        existing.enabled, existing.verified, existing.gone_at = True, True, None
+        existing.last_error, existing.updated_at = "", utcnow()
+        session.add(existing)
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        raise
+    await audit.record(
+        CHANNEL_RELINKED,
+        actor_id=user_id,
+        target_type=TARGET_TYPE,
+        target_id=existing.id,
+        ip=ip,
+        detail={"kind": CHANNEL_KAKAO},
+    )
+    return _row(existing)
+
+
 def _loopback_allowed() -> bool:
     """Push services are https; a loopback endpoint is accepted only when the app
     itself runs on loopback (tests, a developer's machine)."""
@@ -295,6 +394,23 @@ async def remove_webpush(session: AsyncSession, user_id: int, endpoint: str, ip:
     return False
 
 
+def _pending_link() -> ColumnElement[bool]:
+    """Rows ``channel_links.start_telegram_link`` keeps for a code: no address yet."""
+    return and_(
+        col(NotificationChannel.kind) == CHANNEL_TELEGRAM,
+        col(NotificationChannel.address_hash) == "",
+    )
+
+
+def telegram_address(address: str) -> tuple[str, str]:
+    """(chat id, bot token) of a Telegram address. A chat on the operator's bot is stored
+    as the bare chat id (token ""); one on the user's own bot as JSON with its token."""
+    if not address.startswith("{"):
+        return address, ""
+    data = json.loads(address)
+    return str(data.get("chat_id", "")), str(data.get("bot_token", ""))
+
+
 async def address_for_delivery(session: AsyncSession, row: NotificationChannel) -> str:
     """The decrypted address, for the moment of sending only."""
     assert row.id is not None
@@ -324,19 +440,42 @@ async def send(
 ) -> DeliveryResult:
     """Send ``message`` to ``row``'s address: the one place an address is decrypted
     for sending. An address the service says is gone switches the channel off."""
-    notifier = notifiers.get(row.kind)
+    if row.kind == CHANNEL_EXTRA_EMAIL and not row.verified:
+        # Only the link in the verification mail proves the address is the user's.
+        return PermanentFailure("this e-mail address is not verified yet")
+    notifier = notifiers.get(NOTIFIER_FOR.get(row.kind, row.kind))
+    if notifier is None and row.kind != CHANNEL_TELEGRAM:  # a chat may bring its own bot
+        return PermanentFailure(f"{row.kind} is not configured on this server")
+    # Kakao's tokens rotate while a send runs: its notifier loads (and saves) them through
+    # VaultKakaoTokenStore, keyed by the channel id, so they never travel in a Message.
+    if row.kind == CHANNEL_KAKAO:
+        address = str(row.id)
+    else:
+        address = await address_for_delivery(session, row)
+    own_bot: TelegramNotifier | None = None
+    if row.kind == CHANNEL_TELEGRAM:
+        address, bot_token = telegram_address(address)
+        if bot_token:  # the user's own bot, built for this send; the operator's is untouched
+            settings = get_settings()
+            own_bot = TelegramNotifier(
+                bot_token, api_base=settings.telegram_api_base, timeout=settings.notify_timeout
+            )
+        notifier = own_bot or notifier
     if notifier is None:
         return PermanentFailure(f"{row.kind} is not configured on this server")
-    address = await address_for_delivery(session, row)
-    outcome = await notifier.send(
-        Message(
-            recipient=address,
-            subject=message.subject,
-            text=message.text,
-            html=message.html,
-            idempotency_key=message.idempotency_key,
+    try:
+        outcome = await notifier.send(
+            Message(
+                recipient=address,
+                subject=message.subject,
+                text=message.text,
+                html=message.html,
+                idempotency_key=message.idempotency_key,
+            )
         )
-    )
+    finally:
+        if own_bot is not None:
+            await own_bot.aclose()
     if isinstance(outcome, PermanentFailure) and outcome.gone and row.id is not None:
         await mark_gone(session, row.id, outcome.reason)
     return outcome

@@ -14,6 +14,7 @@ from app.services import alerts as alerts_service
 from app.services import rules as rules_service
 from app.services import symbols as symbols_service
 from app.services import watchlist as watchlist_service
+from app.services.alerts import DeliveryView
 from app.services.errors import ServiceError, ValidationFailed
 from app.states.live import LiveState
 from app.states.session import SessionState
@@ -211,8 +212,25 @@ def _values_text(session: SessionState, payload: dict) -> str:
     return " · ".join(parts)
 
 
+def _delivery_text(session: SessionState, d: DeliveryView) -> str:
+    key = f"channels.kind.{d.channel}"
+    name = session._t(key if key in catalog("en") else f"channel.{d.channel}")
+    if d.label:
+        name = f"{name} ({d.label})"
+    status_key = f"delivery.{d.status}"
+    text = f"{name}: {session._t(status_key) if status_key in catalog('en') else d.status}"
+    if d.in_digest and d.status == "sent":
+        text += f" · {session._t('history.in_digest')}"
+    if d.resumed:
+        text += f" · {session._t('delivery.resumed')}"
+    if d.error and d.status != "sent":
+        text += f" ({d.error})"
+    return text
+
+
 class HistoryState(rx.State):
     rows: list[dict[str, str]] = []
+    digest_filter: bool = False  # showing only the alerts of one digest message
     loaded_unread: int = 0  # compared with the live badge to offer a refresh
 
     @rx.event
@@ -221,8 +239,10 @@ class HistoryState(rx.State):
         user = await session._user()
         if user is None or user.id is None:
             return rx.redirect("/login")
+        digest = self.router.url.query_parameters.get("digest", "")
         async with db.session() as s:
-            rows = await alerts_service.history(s, user.id)
+            rows = await alerts_service.history(s, user.id, digest=str(digest))
+        self.digest_filter = bool(digest)
         lang = session.ui_lang
         out = []
         for r in rows:
@@ -238,11 +258,7 @@ class HistoryState(rx.State):
                     "price": won(r.price),
                     "read": "1" if r.read else "",
                     "values": _values_text(session, r.payload),
-                    "deliveries": " · ".join(
-                        f"{session._t(f'channel.{ch}')}: {session._t(f'delivery.{st}')}"
-                        + (f" ({err})" if err and st != "sent" else "")
-                        for ch, st, err in r.deliveries
-                    ),
+                    "deliveries": " · ".join(_delivery_text(session, d) for d in r.deliveries),
                 }
             )
         self.rows = out

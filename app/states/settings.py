@@ -1,4 +1,4 @@
-"""Settings: the user's own active sessions."""
+"""Settings: the user's own active sessions, linked sign-ins and the daily summary e-mail."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import reflex as rx
 
 from app import db
 from app.config import get_settings
-from app.services import oauth
+from app.services import oauth, preferences
 from app.services import sessions as sessions_service
 from app.services.errors import ServiceError
 from app.services.oauth_providers import enabled_providers
@@ -26,6 +26,11 @@ class SettingsState(rx.State):
     identities: list[dict[str, str]] = []
     linkable: list[str] = []
     error: str = ""
+    daily_digest: bool = False
+    # False when the server has no SMTP: the switch is shown disabled, with the reason.
+    digest_available: bool = False
+    digest_time: str = ""
+    digest_notice: str = ""
 
     @rx.event
     async def load(self) -> rx.event.EventSpec | None:
@@ -53,6 +58,29 @@ class SettingsState(rx.State):
         ]
         have = {i.provider for i in linked}
         self.linkable = [p.id for p in enabled_providers(get_settings()) if p.id not in have]
+        self.daily_digest = bool(user.daily_digest)
+        self.digest_available = get_settings().email_enabled
+        self.digest_time = get_settings().daily_digest_time
+        self.digest_notice = ""
+        return None
+
+    @rx.event
+    async def set_daily_digest(self, enabled: bool) -> rx.event.EventSpec | None:
+        """The switch: changes only the caller's own flag (the user comes from the cookie)."""
+        session = await self.get_state(SessionState)
+        user = await session._user()
+        if user is None or user.id is None:
+            return rx.redirect("/login")
+        self.digest_available = get_settings().email_enabled
+        if enabled and not self.digest_available:
+            self.error = session._t("daily.setting.unavailable")
+            return None
+        async with db.session() as s:
+            self.daily_digest = await preferences.set_daily_digest(s, user.id, bool(enabled))
+        self.error = ""
+        self.digest_notice = session._t(
+            "daily.setting.on" if self.daily_digest else "daily.setting.off"
+        )
         return None
 
     @rx.event

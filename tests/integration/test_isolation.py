@@ -166,6 +166,11 @@ async def channels_delete(root: State, a: Objects) -> None:
     assert (await root.get_state(ChannelsState)).error
 
 
+async def channels_resend_verification(root: State, a: Objects) -> None:
+    await _call(root, ChannelsState, "resend_verification", str(a["channel_id"]))
+    assert (await root.get_state(ChannelsState)).error
+
+
 async def admin_set_role(root: State, a: Objects) -> None:
     await _call(root, AdminState, "set_role", str(a["user_id"]), "user")
 
@@ -204,6 +209,7 @@ ATTACKS: dict[tuple[str, str], Attack] = {
     ("ChannelsState", "toggle"): channels_toggle,
     ("ChannelsState", "delete"): channels_delete,
     ("ChannelsState", "test_send"): channels_test_send,
+    ("ChannelsState", "resend_verification"): channels_resend_verification,
     ("AdminState", "set_role"): admin_set_role,
     ("AdminState", "set_active"): admin_set_active,
     ("AdminState", "load_users"): admin_load_users,
@@ -230,6 +236,8 @@ OWN_DATA_ONLY: dict[tuple[str, str], str] = {
     ("HistoryState", "load"): "lists the caller's alerts (checked below)",
     ("HistoryState", "mark_all_read"): "marks the caller's own alerts",
     ("SettingsState", "load"): "lists the caller's sessions (checked below)",
+    ("SettingsState", "set_daily_digest"): "sets the caller's own digest flag "
+    "(test_daily_digest.py: another user's flag is untouched)",
     ("LiveState", "connect"): "links to the caller's own token (checked below)",
     ("LiveState", "dismiss_toast"): "edits the caller's own linked state",
     ("AdminState", "filter_audit"): "stores filter text; load_audit re-checks the role",
@@ -243,6 +251,12 @@ OWN_DATA_ONLY: dict[tuple[str, str], str] = {
     ("PortfolioState", "place"): "places on the caller's own paper account",
     ("ChannelsState", "load"): "lists the caller's channels (checked below)",
     ("ChannelsState", "add"): "adds a channel for the caller",
+    ("ChannelsState", "add_email"): "adds an address for the caller, mailed before it is saved",
+    ("ChannelsState", "start_link"): "a linking code for the caller (replaces only the "
+    "caller's own pending code)",
+    ("ChannelsState", "check_link"): "looks the code up among the caller's own pending links "
+    "only; A's code is refused for B (test_telegram_link.py)",
+    ("ChannelsState", "cancel_link"): "clears this tab's own linking code",
     ("ChartState", "load"): "public market data plus the caller's own alert levels "
     "(test_chart.py: another user's levels are never drawn)",
     ("ChartState", "set_timeframe"): "re-renders for the caller resolved from the cookie",
@@ -269,6 +283,12 @@ PUBLIC_ROUTES = {
     ("/api/push/vapid-public-key", "GET"): "the server's public VAPID key: no user data",
     ("/api/push/subscriptions", "POST"): "adds a subscription for the caller from the cookie; "
     "cross-site refused (test_channels.py)",
+    ("/api/push/fcm-tokens", "POST"): "registers a device for the caller from the cookie; "
+    "cross-site refused (test_fcm_registration.py)",
+    ("/api/channels/kakao/start", "GET"): "starts a Kakao link for the caller from the cookie; "
+    "cross-site refused (test_kakao_link.py)",
+    ("/api/channels/kakao/callback", "GET"): "finishes only a flow the caller started in this "
+    "session: another user's state is refused and spent (test_kakao_link.py)",
 }
 
 
@@ -468,8 +488,55 @@ async def push_unsubscribe_other(client: httpx.AsyncClient, objects: Objects, b_
     assert response.status_code == 404
 
 
+async def fcm_unregister_other(client: httpx.AsyncClient, objects: Objects, b_token: str) -> None:
+    """B sends A's device token: only B's own devices are searched, A's stays."""
+    a_device = "aDevice:APA91b" + "A" * 140
+    async with db.session() as s:
+        row = await channels.add_fcm(s, objects["user_id"], a_device)
+    client.cookies.set("tw_session", b_token)
+    response = await client.request("DELETE", "/api/push/fcm-tokens", json={"token": a_device})
+    client.cookies.clear()
+    assert response.status_code == 404
+    async with db.session() as s:
+        kept = [c.id for c in await channels.list_channels(s, objects["user_id"])]
+        assert row.id in kept
+        await channels.delete(s, objects["user_id"], row.id)  # A's objects as they were
+
+
+async def verify_email_as_other(client: httpx.AsyncClient, objects: Objects, b_token: str) -> None:
+    """B, signed in, opens the verification link of A's address: refused, A's stays unverified."""
+    import time
+
+    from app.services import channel_links
+
+    token = f"{int(time.time()) + 3600}.isolation-check"
+    async with db.session() as s:
+        row = await channels._add(
+            s,
+            objects["user_id"],
+            "email_extra",
+            "alice.extra@example.com",
+            "",
+            "al••••@example.com",
+            verified=False,
+            ip="",
+            verify_token_hash=channel_links._token_digest(token),
+        )
+    client.cookies.set("tw_session", b_token)
+    response = await client.get("/api/channels/verify-email", params={"token": token})
+    client.cookies.clear()
+    assert response.status_code == 303
+    assert response.headers["location"] == "/settings/channels?error=verify_other_user"
+    async with db.session() as s:
+        mine = {c.id: c.verified for c in await channels.list_channels(s, objects["user_id"])}
+        assert mine[row.id] is False
+        await channels.delete(s, objects["user_id"], row.id)  # A's objects as they were
+
+
 ROUTE_ATTACKS: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {
+    ("/api/channels/verify-email", "GET"): verify_email_as_other,
     ("/api/push/subscriptions", "DELETE"): push_unsubscribe_other,
+    ("/api/push/fcm-tokens", "DELETE"): fcm_unregister_other,
 }
 
 
