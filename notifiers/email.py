@@ -72,7 +72,12 @@ class EmailNotifier:
                 tls_context=cfg.ssl_context,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            return PermanentFailure(f"recipient refused: {_short(exc)}")
+            detail = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
+            # A 4xx at RCPT (greylisting, "421 service not available") is "later",
+            # not "never": only an all-5xx refusal gives the recipient up.
+            if exc.recipients and all(500 <= r.code < 600 for r in exc.recipients):
+                return PermanentFailure(f"recipient refused: {_short(detail)}")
+            return Retryable(f"recipient deferred: {_short(detail)}")
         except aiosmtplib.SMTPAuthenticationError as exc:
             return PermanentFailure(f"SMTP authentication failed ({exc.code})")
         except aiosmtplib.SMTPResponseException as exc:

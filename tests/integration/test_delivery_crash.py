@@ -1,4 +1,4 @@
-"""1,000 alerts to five real-protocol channels; the delivering process is SIGKILLed
+"""1,000 alerts to six real-protocol channels; the delivering process is SIGKILLed
 in the middle and started again.
 
 The worker is the product's own process (``python -m app.cli deliver``), the fakes
@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -35,11 +36,14 @@ from app.models.channels import NotificationChannel
 from app.models.common import utcnow
 from app.services import channels
 from app.services import rules as rules_service
+from app.services.kakao_tokens import encode_tokens
 from app.vault_keys import KeyRing, set_key_ring
+from notifiers.kakao import KakaoTokens
 from notifiers.webpush import generate_vapid_keys
 from tests.discord_fake import DiscordFake
 from tests.fcm_fake import FcmFake
 from tests.integration.helpers import make_user, seed_symbols
+from tests.kakao_fake import KakaoFake
 from tests.push_receiver import PushReceiver
 from tests.telegram_fake import TOKEN as BOT_TOKEN
 from tests.telegram_fake import TelegramFake
@@ -90,6 +94,8 @@ class Fakes:
                 }
             )
         )
+        self.kakao = KakaoFake(client_id="kakao-crash-client")
+        self.kakao.start()
         self.servers = [self.telegram.serve(), self.discord.serve()]
         self.push.start()
         self.fcm.start()
@@ -100,6 +106,7 @@ class Fakes:
             server.stop()
         self.push.stop()
         self.fcm.stop()
+        self.kakao.stop()
 
     def received_counts(self) -> dict[str, int]:
         return {
@@ -108,6 +115,7 @@ class Fakes:
             "discord": len(self.discord.posted),
             "webpush": len(self.push.received),
             "fcm": len(self.fcm.sent),
+            "kakao": len(self.kakao.memos),
             "push_rejections": self.push.rejections[:3],
             "fcm_refusals": self.fcm.token_refusals[:3],
         }
@@ -119,6 +127,7 @@ class Fakes:
             "discord": _ids([json.dumps(p.payload) for p in list(self.discord.posted)]),
             "webpush": _ids([json.dumps(r.payload) for r in list(self.push.received)]),
             "fcm": _ids([json.dumps(b["message"]["notification"]) for b in list(self.fcm.sent)]),
+            "kakao": _ids([m.template["text"] for m in list(self.kakao.memos)]),
         }
 
 
@@ -147,9 +156,11 @@ def _env(database: str, fakes: Fakes, key: bytes) -> dict[str, str]:
         "FCM_SERVICE_ACCOUNT_FILE": str(fakes.sa_file),
         "FCM_API_BASE": fakes.fcm.base_url,
         "FCM_TOKEN_URL": fakes.fcm.token_url,
-        "KAKAO_CLIENT_ID": "",
+        "KAKAO_CLIENT_ID": fakes.kakao.client_id,
+        "KAKAO_API_BASE": fakes.kakao.base_url,
+        "KAKAO_AUTH_BASE": fakes.kakao.base_url,
         # No pacing: every alert is its own message, so the count per channel is exact.
-        "DELIVERY_INTERVALS": "telegram=0,discord=0,webpush=0,fcm=0,email=0",
+        "DELIVERY_INTERVALS": "telegram=0,discord=0,webpush=0,fcm=0,email=0,kakao=0",
         "DELIVERY_CONCURRENCY": "8",
         "DELIVERY_POLL_INTERVAL": "0.05",
         "DELIVERY_BACKOFF_BASE": "0.05",
@@ -173,7 +184,14 @@ async def _seed(fakes: Fakes) -> dict[str, str]:
             s, user.id, fakes.push.subscribe(fakes.vapid_public).subscription_json(), "laptop"
         )
         fcm = await channels._add(s, user.id, "fcm", FCM_TOKEN, "", "app", verified=True, ip="")
-        for row in (tg, dc, wp, fcm):
+        kakao_user, access, refresh = fakes.kakao.connect()
+        kakao = await channels.add_kakao(
+            s,
+            user.id,
+            str(kakao_user),
+            encode_tokens(KakaoTokens(access, refresh, utcnow() + timedelta(hours=6))),
+        )
+        for row in (tg, dc, wp, fcm, kakao):
             ch = await s.get(NotificationChannel, row.id)
             ch.verified = True
             s.add(ch)
@@ -183,6 +201,7 @@ async def _seed(fakes: Fakes) -> dict[str, str]:
             discord=f"discord:{dc.id}",
             webpush=f"webpush:{wp.id}",
             fcm=f"fcm:{fcm.id}",
+            kakao=f"kakao:{kakao.id}",
         )
         rule = await rules_service.create_price_rule(
             s, user.id, symbol_query="005930", op="above", level="50000"
