@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,10 @@ from aiosmtpd.controller import Controller
 from playwright.async_api import Browser, async_playwright
 
 from tests.conftest import SmtpSink, free_port
+from tests.discord_fake import DiscordFake
 from tests.kis_fake import KisFake
 from tests.oidc_provider import LocalOP, OPClient
+from tests.telegram_fake import TelegramFake
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "e2e" / "artifacts"
@@ -51,6 +53,10 @@ class RunningApp:
     op: LocalOP  # the "Google" the app is configured with: a local OpenID provider
     db_path: Path
     kis: KisFake
+    # The operator's Telegram bot and Discord's webhook endpoint (test_channels_e2e.py)
+    telegram: TelegramFake = field(default_factory=TelegramFake)
+    discord: DiscordFake = field(default_factory=DiscordFake)
+    discord_base_url: str = ""
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
@@ -80,6 +86,10 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
     op = LocalOP().start()
     kis = KisFake(app_keys={KIS_APP_KEY: KIS_APP_SECRET})
     kis_server = kis.serve()
+    telegram = TelegramFake()
+    telegram_server = telegram.serve()
+    discord = DiscordFake()
+    discord_server = discord.serve()
     op.add_client(
         OPClient(
             GOOGLE_CLIENT_ID,
@@ -106,6 +116,10 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
         "GOOGLE_CLIENT_ID": GOOGLE_CLIENT_ID,
         "GOOGLE_CLIENT_SECRET": GOOGLE_CLIENT_SECRET,
         "GOOGLE_DISCOVERY_URL": op.discovery_url,
+        "TELEGRAM_BOT_TOKEN": telegram.token,
+        "TELEGRAM_BOT_USERNAME": telegram.bot_username,
+        "TELEGRAM_API_BASE": telegram_server.base_url,
+        "DISCORD_API_BASE": discord_server.base_url,
         "PATH": f"{ROOT / '.tools' / 'node_modules' / '.bin'}:{os.environ.get('PATH', '')}",
         "REFLEX_USE_SYSTEM_BUN": "1",
         "REFLEX_CHECK_LATEST_VERSION": "0",
@@ -143,6 +157,9 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
             op=op,
             db_path=db_path,
             kis=kis,
+            telegram=telegram,
+            discord=discord,
+            discord_base_url=discord_server.base_url,
         )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -153,6 +170,8 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
         controller.stop()
         op.stop()
         kis_server.stop()
+        telegram_server.stop()
+        discord_server.stop()
         (ARTIFACTS / "app.log").write_text(log.read_text())
 
 
