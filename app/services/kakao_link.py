@@ -126,7 +126,7 @@ async def start(settings: Settings, user_id: int, session_token: str) -> str:
 async def _consume(state: str, user_id: int, session_token: str) -> None:
     """Spend the flow of ``state``; it must be this user's, started in this session."""
     try:
-        flow = await oauth._consume_flow(state, FLOW_PROVIDER, _session_binding(session_token))
+        flow = await oauth.consume_flow(state, FLOW_PROVIDER, _session_binding(session_token))
     except oauth.OAuthFailure as failure:
         raise KakaoLinkFailed(ERROR_STATE, failure.reason) from None
     if flow.link_user_id != user_id:

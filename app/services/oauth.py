@@ -290,7 +290,7 @@ async def start(
 # --- Callback ----------------------------------------------------------------------------
 
 
-async def _consume_flow(state: str, provider_id: str, browser_token: str | None) -> OAuthFlow:
+async def consume_flow(state: str, provider_id: str, browser_token: str | None) -> OAuthFlow:
     """Take the flow for ``state`` out of the table; only one caller ever gets it."""
     if not state:
         raise OAuthFailure("missing_state")
@@ -451,7 +451,7 @@ async def fetch_identity(
     error = params.get("error", "")
     if error and not state:
         raise OAuthFailure("provider_error", detail=error[:64])
-    flow = await _consume_flow(state, provider.id, browser_token)
+    flow = await consume_flow(state, provider.id, browser_token)
     if error:
         reason = "provider_denied" if error == "access_denied" else "provider_error"
         raise OAuthFailure(reason, user_id=flow.link_user_id, detail=error[:64])
