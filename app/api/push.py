@@ -59,6 +59,20 @@ def _error(status: int, code: str, reason: str = "") -> JSONResponse:
     return JSONResponse({"error": code, "reason": reason}, status_code=status)
 
 
+async def _signed_in_caller(request: Request) -> int | JSONResponse:
+    """The user id, or the answer for another site (403) or a signed-out browser (401):
+    every route here changes what the caller's devices receive."""
+    if not _same_origin(request):
+        return _error(403, "cross_origin")
+    user_id = await _caller(request)
+    return _error(401, "signed_out") if user_id is None else user_id
+
+
+def _refused(exc: ValidationFailed) -> JSONResponse:
+    code, params = next(iter(exc.field_errors.values()))
+    return _error(400, code, str(params.get("reason", "")))
+
+
 @router.get("/api/push/vapid-public-key")
 async def vapid_public_key() -> JSONResponse:
     key = get_settings().vapid_public_key
@@ -69,11 +83,9 @@ async def vapid_public_key() -> JSONResponse:
 
 @router.post("/api/push/subscriptions")
 async def subscribe(request: Request) -> JSONResponse:
-    if not _same_origin(request):
-        return _error(403, "cross_origin")
-    user_id = await _caller(request)
-    if user_id is None:
-        return _error(401, "signed_out")
+    user_id = await _signed_in_caller(request)
+    if isinstance(user_id, JSONResponse):
+        return user_id
     body = await _body(request)
     if body is None:
         return _error(400, "bad_json")
@@ -84,18 +96,15 @@ async def subscribe(request: Request) -> JSONResponse:
                 s, user_id, json.dumps(body), label, ip=_client_ip(request)
             )
     except ValidationFailed as exc:
-        code, params = next(iter(exc.field_errors.values()))
-        return _error(400, code, str(params.get("reason", "")))
+        return _refused(exc)
     return JSONResponse({"id": row.id, "hint": row.hint}, status_code=201)
 
 
 @router.delete("/api/push/subscriptions")
 async def unsubscribe(request: Request) -> JSONResponse:
-    if not _same_origin(request):
-        return _error(403, "cross_origin")
-    user_id = await _caller(request)
-    if user_id is None:
-        return _error(401, "signed_out")
+    user_id = await _signed_in_caller(request)
+    if isinstance(user_id, JSONResponse):
+        return user_id
     body = await _body(request)
     endpoint = str((body or {}).get("endpoint", ""))
     if not endpoint:
@@ -124,11 +133,9 @@ async def _fcm_body(request: Request) -> dict | JSONResponse:
 
 @router.post("/api/push/fcm-tokens")
 async def register_fcm(request: Request) -> JSONResponse:
-    if not _same_origin(request):
-        return _error(403, "cross_origin")
-    user_id = await _caller(request)
-    if user_id is None:
-        return _error(401, "signed_out")
+    user_id = await _signed_in_caller(request)
+    if isinstance(user_id, JSONResponse):
+        return user_id
     if not _fcm_configured():
         return _error(404, "fcm_not_configured", "FCM not configured")
     body = await _fcm_body(request)
@@ -142,19 +149,16 @@ async def register_fcm(request: Request) -> JSONResponse:
                 s, user_id, token if isinstance(token, str) else "", label, ip=_client_ip(request)
             )
     except ValidationFailed as exc:
-        code, params = next(iter(exc.field_errors.values()))
-        return _error(400, code, str(params.get("reason", "")))
+        return _refused(exc)
     return JSONResponse({"id": row.id, "hint": row.hint}, status_code=201)
 
 
 @router.delete("/api/push/fcm-tokens")
 async def unregister_fcm(request: Request) -> JSONResponse:
     """Works with FCM switched off too: removing one's own device is always allowed."""
-    if not _same_origin(request):
-        return _error(403, "cross_origin")
-    user_id = await _caller(request)
-    if user_id is None:
-        return _error(401, "signed_out")
+    user_id = await _signed_in_caller(request)
+    if isinstance(user_id, JSONResponse):
+        return user_id
     body = await _fcm_body(request)
     if isinstance(body, JSONResponse):
         return body
