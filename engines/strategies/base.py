@@ -224,8 +224,10 @@ class Series:
                     "the last that has closed"
                 )
             lo = 0 if start is None else self._offset(start)
-            hi = len(self._bars) if stop is None else (
-                self._offset(stop - 1) + 1 if stop > 0 or stop < 0 else 0
+            hi = (
+                len(self._bars)
+                if stop is None
+                else (self._offset(stop - 1) + 1 if stop > 0 or stop < 0 else 0)
             )
             field = self._field
             return [getattr(self._bars[i], field) for i in range(lo, hi)]
@@ -307,7 +309,7 @@ class Context:
     def bar(self, ago: int = 0) -> Candle:
         """The closed bar ``ago`` bars back (0 is the one just closed)."""
         if ago < 0:
-            raise LookAheadError(f"bar({ago}) has not closed yet: a strategy cannot read the future")
+            raise LookAheadError(f"bar({ago}) has not closed: no reading the future")
         if ago >= len(self._bars):
             raise IndexError(f"bar({ago}): only {len(self._bars)} bars kept")
         return self._bars[-1 - ago]
