@@ -111,7 +111,7 @@ class StrategyParams(BaseModel):
     the grid step (default 1 for ints, a tenth of the range for floats).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @classmethod
     def space(cls) -> list[ParamRange]:
@@ -144,9 +144,11 @@ class ParamRange:
     step: float
 
     def grid(self) -> list[float]:
-        """Every value from ``low`` to ``high`` by ``step`` (both ends included)."""
+        """Values from ``low`` by ``step``, never past ``high``."""
         values: list[float] = []
-        n = int(round((self.high - self.low) / self.step)) if self.step else 0
+        # Floor, with a little slack for float steps like 0.07: a step that does not
+        # divide the range must stop at or below ``high``, never step past it.
+        n = int((self.high - self.low) / self.step + 1e-9) if self.step else 0
         for i in range(n + 1):
             v = self.low + i * self.step
             values.append(int(round(v)) if self.kind == "int" else round(v, 10))

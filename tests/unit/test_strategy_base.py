@@ -200,3 +200,20 @@ def test_params_space_gives_bounds_and_grid() -> None:
     assert (space["fast"].low, space["fast"].high, space["fast"].step) == (2, 50, 1)
     assert space["slow"].grid()[:3] == [3, 8, 13]
     assert space["slow"].grid()[-1] <= 200
+
+
+def test_grid_never_steps_past_the_upper_bound() -> None:
+    from engines.strategies.base import ParamRange
+
+    assert ParamRange("x", "int", 2, 100, 5).grid()[-1] == 97
+    assert ParamRange("t", "float", 0.5, 0.99, 0.07).grid()[-1] == 0.99
+    assert ParamRange("t", "float", 0.5, 0.95, 0.1).grid() == [0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def test_params_refuse_nan_and_infinity() -> None:
+    class F(StrategyParams):
+        x: float = Field(0.5, ge=0, le=1)
+
+    for bad in ("nan", float("inf")):
+        with pytest.raises(ValidationError):
+            F(x=bad)
