@@ -11,8 +11,10 @@ Conventions, chosen to match what a Korean HTS shows for a cash account:
 * **Commission** is ``floor(value × commission_rate)`` on buys and on sells.
   Korean brokers truncate fees to the won (원 미만 절사), so a 43.2 won fee is 43.
 * **Transaction tax** (증권거래세) is ``floor(value × sell_tax_rate)``, sells only.
-* Rates are applied as exact decimals (``Decimal(str(rate))``): in binary floating
+* Rates are applied as exact decimals (the rate as written): in binary floating
   point ``700_000 × 0.00015`` is ``104.999…`` and would truncate to 104, not 105.
+  :func:`commission` and :func:`sell_tax` come from :mod:`engines.costs`, which the
+  backtester uses too, so paper trading and backtests share one fee arithmetic.
 * **Average price** (평균매입단가) is the cost-weighted average of buy prices
   *excluding* fees. A holding keeps its book ``cost`` as an integer (Σ qty × price
   of its buys), and ``avg_price = cost / qty``.
@@ -37,7 +39,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import ROUND_FLOOR, Decimal
 
 from brokers.base import (
     Fill,
@@ -47,6 +48,8 @@ from brokers.base import (
     OrderStatus,
     OrderType,
 )
+from engines.costs import commission, sell_tax
+from engines.costs import floor_rate as _floor_rate  # noqa: F401  (the old private name)
 from engines.market import is_on_tick, step_ticks, tick_size
 
 __all__ = [
@@ -92,21 +95,6 @@ class FeeSchedule:
             raise ValueError("fee rates must be >= 0")
         if self.slippage_ticks < 0:
             raise ValueError("slippage_ticks must be >= 0")
-
-
-def _floor_rate(value: int, rate: float) -> int:
-    """``floor(value × rate)`` computed exactly (the rate as written, not its binary float)."""
-    return int((Decimal(value) * Decimal(str(rate))).to_integral_value(rounding=ROUND_FLOOR))
-
-
-def commission(value: int, rate: float) -> int:
-    """Brokerage commission on a trade of ``value`` won, truncated to the won."""
-    return _floor_rate(value, rate)
-
-
-def sell_tax(value: int, rate: float) -> int:
-    """Securities transaction tax on a sell of ``value`` won, truncated to the won."""
-    return _floor_rate(value, rate)
 
 
 def market_fill_price(

@@ -34,10 +34,22 @@ class SMA(Indicator[float]):
         self._sum = RollingSum(self.window)
 
     def update(self, close: float) -> float | None:
+        # ``RollingSum.push`` inlined, same operations in the same order (so results are
+        # bit-identical): this is the innermost line of every MA-cross backtest.
         s = self._sum
-        s.push(close)
-        if s.full:
-            self.value = s.total / self.window
+        buf = s.buf
+        window = self.window
+        if len(buf) == window:
+            s.total += close - buf[0]
+        else:
+            s.total += close
+        buf.append(close)
+        s._until_exact -= 1
+        if not s._until_exact:
+            s._until_exact = window
+            s.total = math.fsum(buf)
+        if len(buf) == window:
+            self.value = s.total / window
         return self.value
 
     def peek(self, close: float) -> float | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
@@ -458,9 +458,21 @@ class StrategyHost:
             if sig.symbol and sig.symbol != self.symbol:
                 raise ValueError(f"{self.strategy.name} signalled {sig.symbol} on {self.symbol}")
             key = f"{self.symbol}|{stamp}|{n}|{sig.action}"
-            keyed.append(_with(sig, symbol=self.symbol, key=key))
+            keyed.append(_keyed_signal(sig, self.symbol, key))
         return keyed
 
 
-def _with(sig: Signal, **changes: Any) -> Signal:
-    return replace(sig, **changes)
+def _keyed_signal(sig: Signal, symbol: str, key: str) -> Signal:
+    """``replace(sig, symbol=..., key=...)`` spelled out: it runs on every signal of every
+    backtest, and the positional constructor is measurably cheaper than ``replace``."""
+    return Signal(
+        sig.action,
+        symbol,
+        sig.qty,
+        sig.fraction,
+        sig.order_kind,
+        sig.limit_price,
+        sig.reason,
+        sig.reason_params,
+        key,
+    )
