@@ -107,6 +107,17 @@ class Settings(BaseSettings):
     paper_sell_tax_rate: float = Field(default=0.002, ge=0, lt=0.1)
     paper_slippage_ticks: int = Field(default=0, ge=0, le=50)
 
+    # Strategies. A plugins folder adds operator-installed strategies (see
+    # docs/strategy-plugins.md); users only choose among registered ones.
+    strategy_plugins_dir: str = ""
+    # An order found unsent after a crash is placed on restart only if its signal is
+    # younger than this; an older one is recorded as refused (stale) instead.
+    strategy_order_max_age_seconds: float = Field(default=300.0, gt=0)
+    # Seconds between attempts to reconcile an attachment whose broker was unreachable
+    strategy_reconcile_interval: float = Field(default=30.0, gt=0)
+    # Processes that train ML strategies' models, off the event loop
+    strategy_training_workers: int = Field(default=2, ge=1, le=16)
+
     # Portfolio refresh from the user's broker or paper account (APScheduler job)
     portfolio_refresh_seconds: float = Field(default=60.0, gt=0)
 

@@ -3,6 +3,7 @@
 import app.models.channels  # noqa: F401
 import app.models.identities  # noqa: F401
 import app.models.paper  # noqa: F401
+import app.models.strategies  # noqa: F401
 import app.models.vault  # noqa: F401
 from app.models.alerts import AlertEvent, Delivery
 from app.models.audit import AuditEntry

@@ -29,6 +29,7 @@ from app.runtime.delivery import DeliveryWorker
 from app.runtime.hub import MarketHub
 from app.runtime.outbox import RuleMeta, record_condition_firing, record_firing
 from app.runtime.paper_desk import PaperDesk
+from app.runtime.strategy_desk import StrategyDesk
 from app.services import candles as candle_store
 from app.services import changes
 from brokers.base import BrokerError, MarketData
@@ -104,6 +105,7 @@ class Runner:
         self.delivery = DeliveryWorker(
             settings, notifiers or {}, in_app_push=ui.push_alert if ui else None
         )
+        self.strategies = StrategyDesk(settings, self.hub, wake=self.delivery.wake)
         self.ticks_seen = 0
         self.events_recorded = 0
         self._applied: dict[int, datetime] = {}
@@ -133,6 +135,8 @@ class Runner:
                 t.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(BaseException):
+                await self.strategies.close()
             changes.unsubscribe(self._changed)
 
     async def wait_synced(self) -> None:
@@ -199,6 +203,16 @@ class Runner:
             self.extra_interest["paper"] = paper_symbols
         else:
             self.extra_interest.pop("paper", None)
+        try:
+            strategy_symbols = await self.strategies.sync(self._candles)
+        except Exception:
+            # Strategies wait for the next pass; rules and alerts must not.
+            log.exception("strategy desk sync failed; will retry")
+            strategy_symbols = self.strategies.symbols()
+        if strategy_symbols:
+            self.extra_interest["strategies"] = strategy_symbols
+        else:
+            self.extra_interest.pop("strategies", None)
         await self._resubscribe()
         await self._warm_up()
 
@@ -340,6 +354,10 @@ class Runner:
             self._dirty.add(tick.symbol)
         self._clock = (tick.ts, asyncio.get_running_loop().time())
         await self.paper.on_tick(tick)
+        try:
+            await self.strategies.on_tick(tick)
+        except Exception:
+            log.exception("strategy desk failed on a tick of %s", tick.symbol)
         for listener in self.tick_listeners:
             try:
                 await listener(tick)
@@ -354,6 +372,10 @@ class Runner:
     async def _conditions_result(self, result: object) -> list[ConditionFired]:
         closed = getattr(result, "closed", [])
         if closed:
+            try:
+                await self.strategies.on_candles(closed)
+            except Exception:
+                log.exception("strategy desk failed on closed candles")
             self._candles.extend(closed)
             if len(self._candles) > MAX_CANDLE_BACKLOG:
                 dropped = len(self._candles) - MAX_CANDLE_BACKLOG

@@ -411,7 +411,7 @@ class StrategyHost:
     through this class, which is what makes their signals identical bar for bar.
     """
 
-    __slots__ = ("_handles", "_tick_seq", "ctx", "strategy", "symbol", "warmup")
+    __slots__ = ("_handles", "_tick_at", "_tick_seq", "ctx", "strategy", "symbol", "warmup")
 
     def __init__(self, strategy: Strategy, symbol: str, account: Account | None = None) -> None:
         self.strategy = strategy
@@ -422,6 +422,7 @@ class StrategyHost:
         inds = [h.indicator.warmup for h in self._handles]
         # +1: a cross needs the value of the bar before too.
         self.warmup = (max(inds) + 1 if inds else 0) + strategy.extra_warmup
+        self._tick_at: object = None
         self._tick_seq = 0
 
     def on_candle(self, candle: Candle) -> list[Signal]:
@@ -446,7 +447,13 @@ class StrategyHost:
         out = self.strategy.on_tick(self.ctx, tick)
         if out is None:
             return []
-        self._tick_seq += 1
+        # The key must come out the same when the same tick is replayed after a restart
+        # (it becomes the client order id), so it counts only ticks sharing one
+        # timestamp, never a process-lifetime counter.
+        if tick.ts == self._tick_at:
+            self._tick_seq += 1
+        else:
+            self._tick_at, self._tick_seq = tick.ts, 0
         return self._keyed(out, f"tick|{tick.ts.isoformat()}|{self._tick_seq}")
 
     def _keyed(self, out: Signal | Sequence[Signal], stamp: str) -> list[Signal]:

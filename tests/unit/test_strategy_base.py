@@ -217,3 +217,22 @@ def test_params_refuse_nan_and_infinity() -> None:
     for bad in ("nan", float("inf")):
         with pytest.raises(ValidationError):
             F(x=bad)
+
+
+def test_tick_signal_keys_survive_a_restart() -> None:
+    from engines.market import Tick
+
+    class OnTick(Strategy):
+        def on_tick(self, ctx, tick):
+            return ctx.buy() if tick.price > 100 else None
+
+    ticks = [
+        Tick("005930", p, 1, T0 + timedelta(seconds=s))
+        for p, s in [(90, 0), (101, 1), (102, 1), (103, 2), (99, 3), (104, 4)]
+    ]
+    first = StrategyHost(OnTick(), "005930")
+    keys = [sig.key for t in ticks for sig in first.on_tick(t)]
+    assert len(keys) == len(set(keys)) == 4
+    # A new process replays from the fourth tick: the same ticks give the same keys.
+    again = StrategyHost(OnTick(), "005930")
+    assert [sig.key for t in ticks[3:] for sig in again.on_tick(t)] == keys[2:]
