@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from alembic.config import Config
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from alembic import command
 from app import db
@@ -19,6 +20,7 @@ from app.logging_setup import configure_logging
 from app.models.audit import OUTCOME_FAILED, OUTCOME_OK
 from app.models.common import utcnow
 from app.services import audit, auth, demo_history, symbols, vault, watchlist
+from app.services import strategies as strategy_service
 from app.vault_keys import SOURCE_FILE, VaultConfigError, load_key_ring, write_key_file
 from brokers.paper.market import SimulatedMarket
 from brokers.paper.symbols import SYMBOLS
@@ -74,6 +76,7 @@ async def seed_demo() -> tuple[str, str]:
             )
             for code in DEMO_WATCHLIST:
                 await watchlist.add(s, user.id or 0, code)
+            await _seed_demo_strategies(s, user.id or 0)
             log.info("demo user created")
         elif user.password_hash is None or not auth.verify_password(user.password_hash, password):
             user.password_hash = auth.hash_password(password)
@@ -84,6 +87,29 @@ async def seed_demo() -> tuple[str, str]:
         await demo_history.backfill(s, SYMBOLS, utcnow(), seed=settings.market_seed)
     await db.dispose()
     return settings.demo_email, password
+
+
+async def _seed_demo_strategies(s: AsyncSession, user_id: int) -> None:
+    """Two strategies, so a new user sees the feature work at once: a 1-minute MA cross
+    trading a fifth of the paper account on the simulated stream (the rest stays free
+    for the user's own orders), and a daily one to backtest over the synthetic history."""
+    live = await strategy_service.create_config(
+        s,
+        user_id,
+        label="MA 5/20 · 1m",
+        strategy="ma_cross",
+        params={"fast": 5, "slow": 20, "fraction": 0.2},
+        timeframe="1m",
+    )
+    await strategy_service.attach(s, user_id, live.id, symbol=DEMO_WATCHLIST[0], mode="paper")
+    await strategy_service.create_config(
+        s,
+        user_id,
+        label="MA 20/60 · 1d",
+        strategy="ma_cross",
+        params={"fast": 20, "slow": 60},
+        timeframe="1d",
+    )
 
 
 # rotate-keys exit codes
