@@ -12,10 +12,12 @@ from fastapi import FastAPI
 
 from app import db
 from app.api import auth_routes, channel_verify, health, kakao_link, oauth_routes, push
+from app.api import strategies as strategies_api
 from app.api.security import SecurityHeaders
 from app.config import get_settings
 from app.logging_setup import configure_logging
 from app.pages.admin import admin_audit_page, admin_status_page, admin_users_page
+from app.pages.backtest import backtest_page
 from app.pages.brokers import brokers_page
 from app.pages.builder import builder_page
 from app.pages.channels import channels_page
@@ -24,8 +26,10 @@ from app.pages.login import login_page
 from app.pages.portfolio import portfolio_page
 from app.pages.rules import rules_page
 from app.pages.settings import settings_page
+from app.pages.strategies import strategies_page
 from app.pages.symbol import symbol_page
 from app.pages.watchlist import watchlist_page
+from app.runtime.backtest_jobs import BacktestJobs, set_current_jobs
 from app.runtime.daily_digest import digest_jobs
 from app.runtime.market_source import build_market
 from app.runtime.notifier_setup import build_notifiers
@@ -33,6 +37,7 @@ from app.runtime.runner import Runner, set_current_runner
 from app.runtime.scheduler import build_scheduler
 from app.services import symbols as symbols_service
 from app.states.admin import AdminState
+from app.states.backtest import BacktestState
 from app.states.brokers import BrokersState
 from app.states.builder import RuleBuilderState
 from app.states.channels import ChannelsState
@@ -42,7 +47,9 @@ from app.states.pages import HistoryState, RulesState
 from app.states.portfolio import PortfolioState, refresh_open_pages
 from app.states.session import SessionState
 from app.states.settings import SettingsState
+from app.states.strategies import StrategiesState
 from app.vault_keys import get_key_ring
+from engines.strategies import registry as strategy_registry
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,36 @@ async def runner_lifespan(app: rx.App) -> AsyncIterator[None]:
         await db.dispose()
 
 
+@contextlib.asynccontextmanager
+async def backtest_lifespan(app: rx.App) -> AsyncIterator[None]:
+    """Backtest jobs run in the process that runs the runner: a web-only worker
+    (``RUNNER_ENABLED=0``) queues them and leaves them to it."""
+    settings = get_settings()
+    if not settings.runner_enabled:
+        yield
+        return
+    jobs = BacktestJobs(plugins_dir=settings.strategy_plugins_dir.strip())
+    set_current_jobs(jobs)
+    task = asyncio.create_task(jobs.run(), name="backtest-jobs")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        await jobs.close()
+        set_current_jobs(None)
+
+
+def _load_strategy_plugins() -> None:
+    """Operator-installed strategies, in every worker: pages, the API and the runner all
+    list and validate them. A broken plugin is refused and logged by the registry."""
+    folder = get_settings().strategy_plugins_dir.strip()
+    strategy_registry.load_plugins(folder or None)
+
+
+_load_strategy_plugins()
+
 api = FastAPI(title="Tickwatch API", docs_url=None, redoc_url=None, openapi_url=None)
 api.include_router(auth_routes.router)
 api.include_router(oauth_routes.router)
@@ -92,6 +129,7 @@ api.include_router(health.router)
 api.include_router(push.router)
 api.include_router(kakao_link.router)
 api.include_router(channel_verify.router)
+api.include_router(strategies_api.router)
 
 app = rx.App(
     # Mount our routes first, then wrap everything (frontend too) in security headers.
@@ -105,6 +143,7 @@ app = rx.App(
     ],
 )
 app.register_lifespan_task(runner_lifespan)
+app.register_lifespan_task(backtest_lifespan)
 
 _private = [SessionState.guard, LiveState.connect]
 app.add_page(login_page, route="/login", title="Tickwatch")
@@ -158,4 +197,16 @@ app.add_page(
     route="/admin/status",
     title="Tickwatch",
     on_load=[*_private, AdminState.load_status],
+)
+app.add_page(
+    strategies_page,
+    route="/strategies",
+    title="Tickwatch",
+    on_load=[*_private, StrategiesState.load],
+)
+app.add_page(
+    backtest_page,
+    route="/backtest",
+    title="Tickwatch",
+    on_load=[*_private, BacktestState.load],
 )

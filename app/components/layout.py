@@ -55,6 +55,7 @@ def navbar() -> rx.Component:
         rx.flex(
             _nav_link("nav.watchlist", "/"),
             _nav_link("nav.rules", "/rules"),
+            _nav_link("nav.strategies", "/strategies"),
             _nav_link("nav.portfolio", "/portfolio"),
             rx.link(
                 rx.flex(

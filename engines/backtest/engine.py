@@ -48,7 +48,13 @@ from engines.strategies.sizing import shares_for, shares_like_backtesting_py
 __all__ = ["run_backtest"]
 
 CHUNK = 4096
-"""Bars between two progress reports / cancellation checks."""
+"""Most bars between two progress reports / cancellation checks."""
+
+
+def _chunk(n: int) -> int:
+    """Bars per chunk for a run of ``n`` bars: at least 50 reports, so a page's progress
+    bar moves in steps of 2% or less, and at most ``CHUNK`` bars between checks."""
+    return max(1, min(CHUNK, n // 50))
 
 
 class _Lot:
@@ -194,17 +200,18 @@ class _Simulation:
         pending = book.pending
         fill = self._fill
         accept = self._accept
-        for lo in range(0, n, CHUNK):
+        step = _chunk(n)
+        for lo in range(0, n, step):
             if should_stop is not None and should_stop():
                 raise BacktestCancelled
-            for i, c in enumerate(candles[lo : lo + CHUNK], lo):
+            for i, c in enumerate(candles[lo : lo + step], lo):
                 if pending:
                     fill(book, c, i, i)
                 sigs = on_candle(c)
                 if sigs:
                     accept(book, sigs, i)
             if progress is not None:
-                progress(min(lo + CHUNK, n), n)
+                progress(min(lo + step, n), n)
 
     def run_merged(
         self,
@@ -216,10 +223,11 @@ class _Simulation:
         n = len(candles)
         fill = self._fill
         accept = self._accept
-        for lo in range(0, n, CHUNK):
+        step = _chunk(n)
+        for lo in range(0, n, step):
             if should_stop is not None and should_stop():
                 raise BacktestCancelled
-            hi = lo + CHUNK
+            hi = lo + step
             chunk = zip(candles[lo:hi], owners[lo:hi], bars[lo:hi], slots[lo:hi], strict=True)
             for c, book, i, g in chunk:
                 if book.pending:
@@ -228,7 +236,7 @@ class _Simulation:
                 if sigs:
                     accept(book, sigs, i)
             if progress is not None:
-                progress(min(lo + CHUNK, n), n)
+                progress(min(lo + step, n), n)
         return times
 
     # ---- signals and fills --------------------------------------------------------
@@ -549,7 +557,7 @@ def run_backtest(
 ) -> BacktestResult:
     """Run ``strategy`` (a zero-argument factory, one instance per symbol) over ``data``.
 
-    ``progress(done_bars, total_bars)`` is called every few thousand bars;
+    ``progress(done_bars, total_bars)`` is called at least 50 times (every 2%);
     ``should_stop()`` is asked as often and, when it returns True, the run raises
     :class:`BacktestCancelled`. A strategy's exceptions propagate unchanged
     (``LookAheadError`` included): a backtest that swallowed them would report

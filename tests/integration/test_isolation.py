@@ -9,7 +9,7 @@ that is in neither table fails the test, so it cannot ship unchecked.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -23,12 +23,14 @@ import app.app as app_module
 from app import db
 from app.i18n import translate
 from app.models.rules import AlertRule
+from app.models.strategies import BacktestRun
 from app.models.users import User, UserSession
 from app.models.watchlists import WatchlistItem
 from app.services import audit, auth, channels, condition_rules, credentials, paper_accounts
 from app.services import rules as rules_service
 from app.services import watchlist as watchlist_service
 from app.states.admin import AdminState
+from app.states.backtest import BacktestState
 from app.states.brokers import BrokersState
 from app.states.builder import RuleActionsState, RuleBuilderState
 from app.states.channels import ChannelsState
@@ -36,6 +38,7 @@ from app.states.live import LiveState
 from app.states.pages import HistoryState, RulesState, WatchlistState
 from app.states.portfolio import PortfolioState
 from app.states.settings import SettingsState
+from app.states.strategies import AttachmentsState, StrategiesState
 from brokers.paper.market import SimulatedMarket
 from tests.integration.helpers import make_user, seed_symbols
 
@@ -194,6 +197,191 @@ async def admin_load_status(root: State, a: Objects) -> None:
     assert (await root.get_state(AdminState)).status == {}
 
 
+# --- the strategy pages: A's config, attachment and backtest run, made per attack ------
+
+
+async def _a_strategy_page_objects(a: Objects) -> dict[str, int]:
+    """A's config with a paper attachment and a queued backtest run, for one attack."""
+    from app.services import strategies as strategy_service
+
+    async with db.session() as s:
+        config = await strategy_service.create_config(
+            s,
+            a["user_id"],
+            label="A's pages",
+            strategy="ma_cross",
+            params={"fast": 5, "slow": 20},
+            timeframe="1d",
+        )
+        att = await strategy_service.attach(
+            s, a["user_id"], config.id, symbol="005930", mode="paper"
+        )
+        run = BacktestRun(
+            user_id=a["user_id"],
+            config_id=config.id,
+            strategy="ma_cross",
+            params='{"fast": 5, "slow": 20}',
+            symbols=["005930"],
+            start_date=date(2025, 1, 2),
+            end_date=date(2025, 6, 30),
+            options={"cash": 10_000_000},
+        )
+        s.add(run)
+        await s.commit()
+        await s.refresh(run)
+    assert run.id is not None
+    return {"config": config.id, "attachment": att.id, "run": run.id}
+
+
+async def _a_strategy_page_objects_untouched(a: Objects, ids: dict[str, int]) -> None:
+    """A's objects exactly as made, and nothing of B's created; then removed again."""
+    from app.services import strategies as strategy_service
+
+    async with db.session() as s:
+        [view] = await strategy_service.list_configs(s, a["user_id"])
+        assert (view.id, view.label, view.params["slow"]) == (ids["config"], "A's pages", 20)
+        assert [(x.id, x.mode, x.killed, x.live_confirmed) for x in view.attachments] == [
+            (ids["attachment"], "paper", False, False)
+        ]
+        runs = (await s.exec(select(BacktestRun))).all()
+        assert [(r.id, r.status, r.user_id) for r in runs] == [(ids["run"], "queued", a["user_id"])]
+        await s.delete(runs[0])
+        await s.commit()
+        await strategy_service.delete_config(s, a["user_id"], ids["config"])
+        assert await strategy_service.list_configs(s, a["user_id"]) == []
+
+
+def _strategy_page_attack(
+    cls: type[rx.State],
+    handler: str,
+    *args: str,
+    forge: dict[str, object] | None = None,
+    query: str = "",
+) -> Attack:
+    """B runs ``handler`` with A's ids: ``args`` and the values in ``forge`` (vars B set
+    with setvar) and ``query`` may name ``{config}``, ``{attachment}`` or ``{run}``."""
+
+    def fill(value: object, ids: dict[str, int]) -> object:
+        if isinstance(value, str):
+            return value.format(**ids)
+        if isinstance(value, dict):
+            return {k: fill(v, ids) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v, ids) for v in value]
+        return value
+
+    async def attack(root: State, a: Objects) -> None:
+        ids = await _a_strategy_page_objects(a)
+        state = await root.get_state(cls)
+        headers = root.router.headers
+        if query:
+            root.router = RouterData.from_router_data(
+                {
+                    "headers": {"cookie": headers.cookie},
+                    "ip": "6.6.6.6",
+                    "token": "client-b",
+                    "pathname": query.split("?")[0],
+                    "asPath": query.format(**ids),
+                }
+            )
+        for var, value in (forge or {}).items():
+            setattr(state, var, fill(value, ids))
+        try:
+            await _call(root, cls, handler, *(fill(arg, ids) for arg in args))
+        finally:
+            root.router = RouterData.from_router_data(
+                {"headers": {"cookie": headers.cookie}, "ip": "6.6.6.6", "token": "client-b"}
+            )
+        await _refused_with_not_found(root, cls)
+        state.error = ""
+        await _a_strategy_page_objects_untouched(a, ids)
+
+    return attack
+
+
+_FORGED_EDITOR = {
+    "editor_open": True,
+    "editing_id": "{config}",
+    "editor_strategy": "ma_cross",
+    "form": {"label": "B was here", "timeframe": "1d"},
+    "params": {"kind": "sma", "fast": "10", "slow": "30", "fraction": "1"},
+}
+
+
+STRATEGY_PAGE_ATTACKS: dict[tuple[str, str], Attack] = {
+    ("StrategiesState", "load"): _strategy_page_attack(
+        StrategiesState, "load", query="/strategies?edit={config}"
+    ),
+    ("StrategiesState", "edit_config"): _strategy_page_attack(
+        StrategiesState, "edit_config", "{config}"
+    ),
+    ("StrategiesState", "save"): _strategy_page_attack(
+        StrategiesState, "save", forge=_FORGED_EDITOR
+    ),
+    ("StrategiesState", "delete_config"): _strategy_page_attack(
+        StrategiesState, "delete_config", "{config}"
+    ),
+    ("AttachmentsState", "attach"): _strategy_page_attack(
+        AttachmentsState,
+        "attach",
+        {"config_id": "{config}", "symbol": "000660", "mode": "paper"},  # type: ignore[arg-type]
+    ),
+    ("AttachmentsState", "set_mode"): _strategy_page_attack(
+        AttachmentsState, "set_mode", "{attachment}", "alert"
+    ),
+    ("AttachmentsState", "detach"): _strategy_page_attack(
+        AttachmentsState, "detach", "{attachment}"
+    ),
+    ("AttachmentsState", "kill"): _strategy_page_attack(AttachmentsState, "kill", "{attachment}"),
+    ("AttachmentsState", "revive"): _strategy_page_attack(
+        AttachmentsState, "revive", "{attachment}"
+    ),
+    ("AttachmentsState", "show_orders"): _strategy_page_attack(
+        AttachmentsState, "show_orders", "{attachment}"
+    ),
+    ("AttachmentsState", "open_live"): _strategy_page_attack(
+        AttachmentsState, "open_live", "{attachment}"
+    ),
+    ("AttachmentsState", "confirm_live"): _strategy_page_attack(
+        AttachmentsState,
+        "confirm_live",
+        {  # type: ignore[arg-type]
+            "max_order_value": "1000000",
+            "max_position_qty": "10",
+            "max_orders_per_day": "3",
+            "broker_account_id": "1",
+            "confirmation": "I accept the risk of live trading",
+        },
+        forge={"live_for": "{attachment}"},
+    ),
+    ("BacktestState", "load"): _strategy_page_attack(
+        BacktestState, "load", query="/backtest?config={config}"
+    ),
+    ("BacktestState", "run_backtest"): _strategy_page_attack(
+        BacktestState, "run_backtest", forge={"config_id": "{config}"}
+    ),
+    ("BacktestState", "run_optimization"): _strategy_page_attack(
+        BacktestState, "run_optimization", forge={"config_id": "{config}"}
+    ),
+    ("BacktestState", "run_walk_forward"): _strategy_page_attack(
+        BacktestState, "run_walk_forward", forge={"config_id": "{config}"}
+    ),
+    ("BacktestState", "run_parity"): _strategy_page_attack(
+        BacktestState,
+        "run_parity",
+        forge={"config_id": "1", "form": {"attachment": "{attachment}", "days": "30"}},
+    ),
+    ("BacktestState", "cancel"): _strategy_page_attack(BacktestState, "cancel", "{run}"),
+    ("BacktestState", "show_run"): _strategy_page_attack(BacktestState, "show_run", "{run}"),
+    ("BacktestState", "choose_symbol"): _strategy_page_attack(
+        BacktestState,
+        "choose_symbol",
+        "005930",
+        forge={"result_run": "{run}", "result_symbols": ["005930"]},
+    ),
+}
+
+
 ATTACKS: dict[tuple[str, str], Attack] = {
     ("WatchlistState", "remove"): watch_remove,
     ("RulesState", "delete"): rules_delete,
@@ -215,6 +403,7 @@ ATTACKS: dict[tuple[str, str], Attack] = {
     ("AdminState", "load_users"): admin_load_users,
     ("AdminState", "load_audit"): admin_load_audit,
     ("AdminState", "load_status"): admin_load_status,
+    **STRATEGY_PAGE_ATTACKS,
 }
 
 # --- handlers that take no object id: they act on the caller's own data ----------
@@ -263,6 +452,16 @@ OWN_DATA_ONLY: dict[tuple[str, str], str] = {
     ("ChartState", "toggle_overlay"): "re-renders for the caller resolved from the cookie",
     ("ChartState", "follow"): "re-resolves the caller from the cookie on every update",
     ("ChartState", "leave"): "drops only this browser tab's own chart interest",
+    ("StrategiesState", "new_config"): "opens this tab's editor on a registry strategy",
+    ("StrategiesState", "close_editor"): "closes this tab's own editor",
+    ("StrategiesState", "set_field"): "edits the caller's own draft; checks params (pure)",
+    ("AttachmentsState", "kill_all"): "kills only the caller's own attachments "
+    "(test_strategy_pages_state.py: another user's keeps running)",
+    ("AttachmentsState", "close_live"): "closes this tab's own dialog",
+    ("BacktestState", "set_tab"): "switches this tab's own view",
+    ("BacktestState", "set_field"): "edits this tab's own form",
+    ("BacktestState", "watch"): "polls through _poll, which re-resolves the caller and reads "
+    "the run with get_run (test_strategy_pages_state.py: another user's run is refused)",
 }
 # Reflex's own handler: sets a var of the calling client only. Identity is never read
 # from state vars (always from the cookie), so whatever a client sets proves nothing.
@@ -289,6 +488,10 @@ PUBLIC_ROUTES = {
     "cross-site refused (test_kakao_link.py)",
     ("/api/channels/kakao/callback", "GET"): "finishes only a flow the caller started in this "
     "session: another user's state is refused and spent (test_kakao_link.py)",
+    ("/api/strategies/catalogue", "GET"): "the registry's strategies and fields: no user data",
+    ("/api/strategies", "POST"): "creates a config for the caller from the cookie; "
+    "cross-site refused (test_strategy_api.py)",
+    ("/api/strategies/validate", "POST"): "checks params only: reads and writes nothing",
 }
 
 
@@ -533,7 +736,65 @@ async def verify_email_as_other(client: httpx.AsyncClient, objects: Objects, b_t
         await channels.delete(s, objects["user_id"], row.id)  # A's objects as they were
 
 
+async def _a_strategy(objects: Objects) -> tuple[int, int]:
+    """A's strategy config with one attachment, made for one attack and removed after it."""
+    from app.services import strategies as strategy_service
+
+    async with db.session() as s:
+        config = await strategy_service.create_config(
+            s,
+            objects["user_id"],
+            label="A's cross",
+            strategy="ma_cross",
+            params={"fast": 5, "slow": 20},
+            timeframe="1d",
+        )
+        att = await strategy_service.attach(s, objects["user_id"], config.id, symbol="005930")
+    return config.id, att.id
+
+
+def _strategy_route_attack(
+    method: str, path: str, body: dict | None
+) -> Callable[..., Awaitable[None]]:
+    """B calls ``path`` (``{config}``/``{attachment}`` filled with A's ids): 404, A unchanged."""
+
+    async def attack(client: httpx.AsyncClient, objects: Objects, b_token: str) -> None:
+        from app.services import strategies as strategy_service
+
+        config_id, att_id = await _a_strategy(objects)
+        client.cookies.set("tw_session", b_token)
+        try:
+            url = path.format(config=config_id, attachment=att_id)
+            response = await client.request(method, url, json=body)
+        finally:
+            client.cookies.clear()
+        if method == "GET":
+            assert response.status_code == 200 and response.json() == {"strategies": []}
+        else:
+            assert response.status_code == 404, (method, url, response.text)
+        async with db.session() as s:
+            [view] = await strategy_service.list_configs(s, objects["user_id"])
+            assert (view.id, view.label, view.params["slow"]) == (config_id, "A's cross", 20)
+            assert [(a.symbol, a.killed) for a in view.attachments] == [("005930", False)]
+            await strategy_service.delete_config(s, objects["user_id"], config_id)
+
+    return attack
+
+
 ROUTE_ATTACKS: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {
+    ("/api/strategies", "GET"): _strategy_route_attack("GET", "/api/strategies", None),
+    ("/api/strategies/{config_id}", "PATCH"): _strategy_route_attack(
+        "PATCH", "/api/strategies/{config}", {"label": "B was here"}
+    ),
+    ("/api/strategies/{config_id}", "DELETE"): _strategy_route_attack(
+        "DELETE", "/api/strategies/{config}", None
+    ),
+    ("/api/strategies/{config_id}/attachments", "POST"): _strategy_route_attack(
+        "POST", "/api/strategies/{config}/attachments", {"symbol": "000660"}
+    ),
+    ("/api/strategies/attachments/{attachment_id}/kill", "POST"): _strategy_route_attack(
+        "POST", "/api/strategies/attachments/{attachment}/kill", None
+    ),
     ("/api/channels/verify-email", "GET"): verify_email_as_other,
     ("/api/push/subscriptions", "DELETE"): push_unsubscribe_other,
     ("/api/push/fcm-tokens", "DELETE"): fcm_unregister_other,

@@ -401,6 +401,16 @@ def test_progress_reaches_the_total_and_should_stop_cancels() -> None:
         run_backtest(lambda: Scripted({}), data, should_stop=stop)
 
 
+@pytest.mark.parametrize("bars", [250, 4_000, 2 * 2_500 + 7])
+def test_progress_moves_in_steps_of_two_percent_at_most(bars: int) -> None:
+    data = {"A": flat("A", bars)}
+    done: list[int] = []
+    run_backtest(lambda: Scripted({}), data, progress=lambda d, t: done.append(d))
+    steps = [b - a for a, b in zip([0, *done], done, strict=False)]
+    assert done[-1] == bars
+    assert max(steps) <= bars * 0.02 + 1
+
+
 def test_result_to_dict_is_strict_json() -> None:
     data = {"A": flat("A", 5)}  # flat, no fees: Sharpe and friends do not exist
     plan: Plan = {0: lambda ctx: ctx.buy(qty=1), 2: lambda ctx: ctx.sell()}
