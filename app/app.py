@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from app import db
 from app.api import auth_routes, channel_verify, health, kakao_link, oauth_routes, push
+from app.api import metrics as metrics_api
 from app.api import strategies as strategies_api
 from app.api.security import SecurityHeaders
 from app.config import get_settings
@@ -29,13 +30,8 @@ from app.pages.settings import settings_page
 from app.pages.strategies import strategies_page
 from app.pages.symbol import symbol_page
 from app.pages.watchlist import watchlist_page
-from app.runtime.backtest_jobs import BacktestJobs, set_current_jobs
-from app.runtime.daily_digest import digest_jobs
-from app.runtime.market_source import build_market
-from app.runtime.notifier_setup import build_notifiers
-from app.runtime.runner import Runner, set_current_runner
-from app.runtime.scheduler import build_scheduler
-from app.services import symbols as symbols_service
+from app.runtime.engine import run_engine
+from app.runtime.leader import LeaderElection, build_lock
 from app.states.admin import AdminState
 from app.states.backtest import BacktestState
 from app.states.brokers import BrokersState
@@ -56,61 +52,43 @@ log = logging.getLogger(__name__)
 
 @contextlib.asynccontextmanager
 async def runner_lifespan(app: rx.App) -> AsyncIterator[None]:
+    """Every runner-enabled worker stands for election; only the leader runs the engine
+    (streams, rules, delivery, scheduler, backtest jobs). See app/runtime/leader.py."""
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     get_key_ring()  # a bad vault key configuration stops start-up, not a later save
     if not settings.runner_enabled:
         yield
         return
-    market = build_market(settings)
-    async with db.session() as s:
-        await symbols_service.sync_master(s, await market.list_symbols())
-    notifiers = build_notifiers(settings)
-    runner = Runner(settings, market, ui=ReflexUiSink(app), notifiers=notifiers)
-    set_current_runner(runner)
-    task = asyncio.create_task(runner.run(), name="runner")
-    scheduler = build_scheduler(
-        {
-            "portfolio-refresh": (
-                lambda: refresh_open_pages(app),
-                settings.portfolio_refresh_seconds,
-            ),
-            **digest_jobs(settings, notifiers, runner.market),
-        }
+    lock = build_lock(
+        settings.leader_lock,
+        settings.database_url,
+        settings.redis_url,
+        lease=settings.leader_lease_seconds,
+        name=settings.leader_lock_name,
     )
-    scheduler.start()
-    log.info("runner started (email %s)", "on" if settings.email_enabled else "off")
+    election = LeaderElection(lock, lease=settings.leader_lease_seconds)
+
+    async def lead() -> None:
+        await run_engine(
+            settings,
+            ui=ReflexUiSink(app),
+            jobs={
+                "portfolio-refresh": (
+                    lambda: refresh_open_pages(app),
+                    settings.portfolio_refresh_seconds,
+                )
+            },
+        )
+
+    task = asyncio.create_task(election.run(lead), name="leader-election")
     try:
         yield
     finally:
-        scheduler.shutdown(wait=False)
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
-        await market.close()
-        set_current_runner(None)
         await db.dispose()
-
-
-@contextlib.asynccontextmanager
-async def backtest_lifespan(app: rx.App) -> AsyncIterator[None]:
-    """Backtest jobs run in the process that runs the runner: a web-only worker
-    (``RUNNER_ENABLED=0``) queues them and leaves them to it."""
-    settings = get_settings()
-    if not settings.runner_enabled:
-        yield
-        return
-    jobs = BacktestJobs(plugins_dir=settings.strategy_plugins_dir.strip())
-    set_current_jobs(jobs)
-    task = asyncio.create_task(jobs.run(), name="backtest-jobs")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        await jobs.close()
-        set_current_jobs(None)
 
 
 def _load_strategy_plugins() -> None:
@@ -126,6 +104,7 @@ api = FastAPI(title="Tickwatch API", docs_url=None, redoc_url=None, openapi_url=
 api.include_router(auth_routes.router)
 api.include_router(oauth_routes.router)
 api.include_router(health.router)
+api.include_router(metrics_api.router)
 api.include_router(push.router)
 api.include_router(kakao_link.router)
 api.include_router(channel_verify.router)
@@ -143,7 +122,6 @@ app = rx.App(
     ],
 )
 app.register_lifespan_task(runner_lifespan)
-app.register_lifespan_task(backtest_lifespan)
 
 _private = [SessionState.guard, LiveState.connect]
 app.add_page(login_page, route="/login", title="Tickwatch")

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
 
     # Runner
     runner_enabled: bool = True
+    # Which lock makes one of several workers the runner (app/runtime/leader.py):
+    # auto = postgres for a PostgreSQL database, else redis if REDIS_URL, else local.
+    leader_lock: Literal["auto", "postgres", "redis", "none"] = "auto"
+    leader_lease_seconds: float = Field(default=6.0, ge=1.0, le=60.0)
+    redis_url: str = ""
+    # Names the lock: installs sharing one PostgreSQL database or Redis need distinct names.
+    leader_lock_name: str = Field(default="tickwatch:runner", min_length=1, max_length=200)
     rule_sync_interval: float = Field(default=2.0, gt=0)
     ui_push_interval: float = Field(default=0.5, gt=0)
     chart_push_interval: float = Field(default=2.0, gt=0)

@@ -2,24 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import sys
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
 
+_SECRET_IN_TEXT = re.compile(
+    r"(?i)(bearer\s+|tw_session=|(?:access_|refresh_)?token=|secret=|appsecret=|password=)"
+    r"[^\s&;,\"']+"
+)
+
+
+def redact(text: str) -> str:
+    """Last line of defence: our code never logs secrets, but a library's exception
+    text may carry a bearer header or a token in a URL."""
+    return _SECRET_IN_TEXT.sub(r"\1***", text)
+
+
+def _task_name() -> str | None:
+    """The asyncio task logging (``runner-ticks``, ``deliver-discord:3``...), if any."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop in this thread
+        return None
+    return task.get_name() if task is not None else None
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line. ``pid`` tells the workers of a multi-worker deployment
+    apart (their lines interleave in one stream); ``where`` finds the line in the code."""
+
     def format(self, record: logging.LogRecord) -> str:
         body = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
+            "pid": record.process,
+            "task": _task_name(),
+            "where": f"{record.module}:{record.lineno}",
         }
         body.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
         if record.exc_info:
-            body["exc"] = self.formatException(record.exc_info)
+            body["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(body, ensure_ascii=False, default=str)
 
 

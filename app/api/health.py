@@ -1,35 +1,17 @@
-"""Health for load balancers and operators: DB reachable, runner state."""
+"""Health for load balancers and operators: DB reachable, runner leadership, broker
+sessions, outbox lag and delivery failures (counts and states only: it is public)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
-from app import db
-from app.runtime.runner import current_runner
+from app.services import ops_status
 
 router = APIRouter()
 
 
 @router.get("/api/health")
 async def health() -> JSONResponse:
-    db_ok = True
-    try:
-        async with db.session() as s:
-            await s.exec(text("SELECT 1"))  # type: ignore[call-overload]
-    except Exception:
-        db_ok = False
-    runner = current_runner()
-    body = {
-        "status": "ok" if db_ok else "degraded",
-        "database": db_ok,
-        "runner": {
-            "active": runner is not None,
-            "subscribed": len(runner.subscribed) if runner else 0,
-            "rules": len(runner.book) if runner else 0,
-            "ticks_seen": runner.ticks_seen if runner else 0,
-            "events_recorded": runner.events_recorded if runner else 0,
-        },
-    }
-    return JSONResponse(body, status_code=200 if db_ok else 503)
+    status = await ops_status.gather()
+    return JSONResponse(status.health_body(), status_code=200 if status.database else 503)

@@ -21,6 +21,16 @@ STATUS_KEYS = (
     "upstream_sessions",
     "symbols_waiting",
     "paper_accounts_open",
+    "leadership",
+    "fencing_token",
+    "broker_sessions",
+    "events_recorded",
+    "outbox_lag",
+    "attachments_running",
+    "attachments_error",
+    "attachments_reconciling",
+    "backtests_queued",
+    "backtests_running",
 )
 
 
@@ -193,4 +203,36 @@ def admin_status_page() -> rx.Component:
             spacing="3",
             id="status-grid",
         ),
+        _failures_table(),
+    )
+
+
+def _failure_row(row: rx.Var) -> rx.Component:
+    return rx.table.row(
+        rx.table.cell(row["channel"]),
+        rx.table.cell(row["last_hour"]),
+        rx.table.cell(row["total"]),
+        class_name="failure-row",
+    )
+
+
+def _failures_table() -> rx.Component:
+    """Failed send attempts per channel kind: the same figures /metrics exports."""
+    return rx.box(
+        rx.heading(t("admin.status.failures"), size="4", margin_top="16px"),
+        rx.cond(
+            AdminState.failures.length() > 0,
+            rx.table.root(
+                rx.table.header(
+                    rx.table.row(
+                        rx.table.column_header_cell(t("admin.status.failures_channel")),
+                        rx.table.column_header_cell(t("admin.status.failures_hour")),
+                        rx.table.column_header_cell(t("admin.status.failures_total")),
+                    )
+                ),
+                rx.table.body(rx.foreach(AdminState.failures, _failure_row)),
+            ),
+            rx.text(t("admin.status.failures_none"), color="var(--gray-10)", padding="12px"),
+        ),
+        id="status-failures",
     )

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import reflex as rx
 
 from app import db
+from app.models.strategies import (
+    RUN_QUEUED,
+    RUN_RUNNING,
+    STATE_ERROR,
+    STATE_RECONCILING,
+    STATE_RUNNING,
+)
 from app.models.users import User
+from app.runtime.runner import current_runner
 from app.services import admin as admin_service
-from app.services import audit
+from app.services import audit, ops_status
 from app.services.errors import PermissionDenied, ServiceError, ValidationFailed
 from app.states.session import SessionState
 
@@ -26,10 +35,39 @@ def _sessions_text(status: dict) -> str:
     return " · ".join(parts)
 
 
+def _ops_view(ops: ops_status.OpsStatus, t: Callable[[str], str]) -> dict[str, str]:
+    """The operational snapshot /api/health and /metrics also show, as page text."""
+    lead = ops.leadership
+
+    def word(prefix: str, value: str, known: tuple[str, ...]) -> str:
+        return t(f"{prefix}.{value}") if value in known else value
+
+    role = word("ops.role", lead.role, ops_status.ROLES)
+    sessions = " · ".join(
+        f"{s.source} {word('ops.session', s.state, ops_status.SESSION_STATES)}"
+        + (f" {s.subscriptions}/{s.capacity}" if s.capacity is not None else "")
+        for s in ops.sessions
+    )
+    outbox = ops.outbox
+    return {
+        "leadership": f"{role} ({lead.backend})",
+        "fencing_token": "—" if lead.fencing_token is None else str(lead.fencing_token),
+        "broker_sessions": sessions or "—",
+        "events_recorded": str(ops.runner.events_recorded),
+        "outbox_lag": "—" if outbox is None else f"{outbox.oldest_due_seconds:.1f}s",
+        "attachments_running": str(ops.attachments.get(STATE_RUNNING, 0)),
+        "attachments_error": str(ops.attachments.get(STATE_ERROR, 0)),
+        "attachments_reconciling": str(ops.attachments.get(STATE_RECONCILING, 0)),
+        "backtests_queued": str(ops.backtests.get(RUN_QUEUED, 0)),
+        "backtests_running": str(ops.backtests.get(RUN_RUNNING, 0)),
+    }
+
+
 class AdminState(rx.State):
     users: list[dict[str, str]] = []
     entries: list[dict[str, str]] = []
     status: dict[str, str] = {}
+    failures: list[dict[str, str]] = []
     error: str = ""
     filter_action: str = ""
     filter_outcome: str = ""
@@ -141,8 +179,6 @@ class AdminState(rx.State):
 
     @rx.event
     async def load_status(self) -> rx.event.EventSpec | None:
-        from app.runtime.runner import current_runner
-
         session, user = await self._admin()
         if user is None:
             return rx.redirect("/login")
@@ -151,6 +187,7 @@ class AdminState(rx.State):
                 st = await admin_service.system_status(s, user, ip=session._ip())
         except ServiceError as exc:
             return self._fail(session, exc)
+        ops = await ops_status.gather()
         runner = current_runner()
         self.status = {
             "users": str(st.users),
@@ -165,5 +202,10 @@ class AdminState(rx.State):
             "upstream_sessions": _sessions_text(runner.hub.status()) if runner else "0",
             "symbols_waiting": str(len(runner.hub.pending)) if runner else "0",
             "paper_accounts_open": str(len(runner.paper.brokers)) if runner else "0",
+            **_ops_view(ops, session._t),
         }
+        self.failures = [
+            {"channel": kind, "last_hour": str(f.last_hour), "total": str(f.total)}
+            for kind, f in sorted(ops.failures.items())
+        ]
         return None

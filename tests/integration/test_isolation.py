@@ -472,6 +472,8 @@ PUBLIC_ROUTES = {
     ("/auth/login", "POST"): "sign-in form",
     ("/auth/logout", "POST"): "revokes only the session in the request's own cookie",
     ("/api/health", "GET"): "no user data",
+    ("/metrics", "GET"): "counts and states with bounded labels, no user data; bearer token "
+    "or direct loopback only (test_metrics.py)",
     ("/auth/providers", "GET"): "which sign-in methods are on: no user data",
     ("/auth/login/{provider_id}", "GET"): "starts a flow bound to this browser's cookie",
     ("/auth/link/{provider_id}", "GET"): "links to the caller resolved from the cookie; "
