@@ -143,6 +143,7 @@ def train(job: TrainingJob) -> TrainedModel:
     if set(np.unique(y).tolist()) != {0, 1}:
         raise ValueError("labels must hold both classes (0 and 1)")
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
 
     estimator = HistGradientBoostingClassifier(
         max_iter=job.trees,
@@ -151,7 +152,12 @@ def train(job: TrainingJob) -> TrainedModel:
         early_stopping=False,
         random_state=RANDOM_STATE,
     )
-    estimator.fit(x, y)
+    # One OpenMP thread: histogram sums are added in a thread-count-dependent order, so
+    # a model fitted with 2 threads in a pool worker and with 1 in a busy process could
+    # differ in its splits. One thread makes the same data give the same model (and
+    # version) everywhere: backtest, paper and live agree. The pool gives parallelism.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        estimator.fit(x, y)
     blob = pickle.dumps(estimator, protocol=5)
     accuracy = float((estimator.predict(x) == y).mean())
     return TrainedModel(

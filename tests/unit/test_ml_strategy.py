@@ -271,3 +271,17 @@ def test_walk_forward_backtest_runs_end_to_end():
     assert all(t.entry_bar > 133 for t in result.trades)  # no trade before the first model
     assert result.discarded_signals == 0
     assert result.final_equity > 0
+
+
+def test_the_same_data_gives_the_same_model_whatever_the_thread_count():
+    # Unpinned, HistGradientBoosting's splits depend on the OpenMP thread count (the
+    # histogram sums are added in another order), so a pool worker and the runner
+    # would disagree about one model; ``train`` pins one thread.
+    import sklearn.ensemble  # noqa: F401  (load OpenMP first: threadpoolctl limits loaded libs)
+    from threadpoolctl import threadpool_limits
+
+    versions = set()
+    for threads in (1, 2, 4):
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            versions.add(train(_job(1)).version)
+    assert len(versions) == 1
