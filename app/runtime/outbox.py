@@ -1,18 +1,20 @@
 """Writes a firing to the outbox: the event, its deliveries and the rule's new state, atomically.
 
 The idempotency key is unique in the table, so recording the same firing twice
-(a replay, a second runner) is a no-op rather than a second alert.
+(a replay, a second runner) is a no-op rather than a second alert. The runner
+writes all firings of one tick together (``record_tick``), in one transaction.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -48,6 +50,47 @@ class RuleMeta:
     revision: str = ""
     """Which edit of the rule fired (its ``updated_at`` in ms). An edit restarts the
     fire count, so the key needs it to stay unique: ``cond:<rule>:<revision>:<n>``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PriceFiring:
+    """A price rule's firing as the runner hands it over for recording."""
+
+    fired: Fired
+    meta: RuleMeta
+    prev_close: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionFiring:
+    """A condition rule's firing as the runner hands it over for recording."""
+
+    fired: ConditionFired
+    meta: RuleMeta
+    spec: ConditionRuleSpec
+
+
+TickFiring = PriceFiring | ConditionFiring
+"""One firing of a tick, whichever kind of rule; ``record_tick`` writes a list of them."""
+
+TICK_WRITE_ATTEMPTS = 3
+"""How often ``record_tick`` rewrites a tick whose batch met a concurrent duplicate."""
+
+
+@dataclass(slots=True)
+class _Entry:
+    """Everything ``_stage`` writes for one firing, built inside the writing session."""
+
+    rule: AlertRule
+    user: User
+    key: str
+    payload: dict[str, Any]
+    price: int
+    fired_at: datetime
+    fire_no: int
+    finished: bool
+    channels: list[str]
+    quiet: QuietHours | None
 
 
 def idempotency_key(fired: Fired) -> str:
@@ -93,6 +136,15 @@ async def record_firing(
     email_enabled: bool,
 ) -> AlertEvent | None:
     """Returns the new event, or None when this firing was already recorded."""
+    entry = await _price_entry(session, PriceFiring(fired, meta, prev_close), email_enabled)
+    return None if entry is None else await _write_entry(session, entry)
+
+
+async def _price_entry(
+    session: AsyncSession, firing: PriceFiring, email_enabled: bool
+) -> _Entry | None:
+    """What a price firing writes; None when its user or rule is gone or inactive."""
+    fired, meta, prev_close = firing.fired, firing.meta, firing.prev_close
     user = await session.get(User, meta.user_id)
     rule = await session.get(AlertRule, fired.rule_id)
     if user is None or rule is None or not user.is_active:
@@ -110,8 +162,7 @@ async def record_firing(
         "change_pct": round(change_pct(fired.price, prev_close), 2) if prev_close else None,
         "fire_no": fired.fire_no,
     }
-    return await _write(
-        session,
+    return _Entry(
         rule,
         user,
         key=idempotency_key(fired),
@@ -138,6 +189,15 @@ async def record_condition_firing(
 ) -> AlertEvent | None:
     """Like ``record_firing``; the text is rendered now, in the owner's language, so
     every channel and the history carry the same words and values."""
+    entry = await _condition_entry(session, ConditionFiring(fired, meta, spec), email_enabled)
+    return None if entry is None else await _write_entry(session, entry)
+
+
+async def _condition_entry(
+    session: AsyncSession, firing: ConditionFiring, email_enabled: bool
+) -> _Entry | None:
+    """What a condition firing writes; None when its user or rule is gone or inactive."""
+    fired, meta, spec = firing.fired, firing.meta, firing.spec
     user = await session.get(User, meta.user_id)
     rule = await session.get(AlertRule, fired.rule_id)
     if user is None or rule is None or not user.is_active:
@@ -178,8 +238,7 @@ async def record_condition_firing(
     }
     wanted = set(spec.channels)
     channels = [c for c in channels_for(user, email_enabled) if c in wanted or c == CHANNEL_IN_APP]
-    return await _write(
-        session,
+    return _Entry(
         rule,
         user,
         key=condition_key(fired, meta.revision),
@@ -191,6 +250,47 @@ async def record_condition_firing(
         channels=channels,
         quiet=spec.quiet_hours,
     )
+
+
+async def _stage(session: AsyncSession, entry: _Entry) -> AlertEvent:
+    """Add one firing's event, deliveries and rule state to the session, uncommitted,
+    so one firing alone and all firings of a tick share the same code."""
+    rule, user, quiet, fired_at = entry.rule, entry.user, entry.quiet, entry.fired_at
+    assert rule.id is not None and user.id is not None
+    channels = entry.channels + await user_channel_targets(session, user.id)
+    event = AlertEvent(
+        idempotency_key=entry.key,
+        rule_id=rule.id,
+        user_id=user.id,
+        symbol=rule.symbol,
+        price=entry.price,
+        payload=entry.payload,
+        fired_at=fired_at,
+    )
+    session.add(event)
+    await session.flush()
+    assert event.id is not None
+    held = quiet_until(quiet, user.timezone, fired_at) if quiet else None
+    for channel in channels:
+        # Due from the firing (a broker clock a little ahead must not delay it).
+        due = min(fired_at, utcnow())
+        delivery = Delivery(
+            event_id=event.id, user_id=user.id, channel=channel, next_attempt_at=due
+        )
+        if held is not None and channel != CHANNEL_IN_APP:
+            # The in-app history is silent; only channels that buzz a phone wait.
+            if quiet is not None and quiet.action == "drop":
+                delivery.status = DELIVERY_SKIPPED
+                delivery.last_error = "quiet hours"
+            else:
+                delivery.next_attempt_at = held
+        session.add(delivery)
+    rule.fire_count = max(rule.fire_count, entry.fire_no)
+    rule.last_fired_at = fired_at
+    if entry.finished:
+        rule.status = RULE_TRIGGERED
+    session.add(rule)
+    return event
 
 
 async def _write(
@@ -207,47 +307,106 @@ async def _write(
     channels: list[str],
     quiet: QuietHours | None,
 ) -> AlertEvent | None:
-    assert rule.id is not None and user.id is not None
-    channels = channels + await user_channel_targets(session, user.id)
-    event = AlertEvent(
-        idempotency_key=key,
-        rule_id=rule.id,
-        user_id=user.id,
-        symbol=rule.symbol,
-        price=price,
+    """One firing in its own transaction (the strategy desk's signal alerts use it)."""
+    entry = _Entry(
+        rule,
+        user,
+        key=key,
         payload=payload,
+        price=price,
         fired_at=fired_at,
+        fire_no=fire_no,
+        finished=finished,
+        channels=channels,
+        quiet=quiet,
     )
-    session.add(event)
+    return await _write_entry(session, entry)
+
+
+async def _write_entry(session: AsyncSession, entry: _Entry) -> AlertEvent | None:
+    """One firing in its own transaction; a duplicate key means it is recorded already."""
     try:
-        await session.flush()
-        assert event.id is not None
-        held = quiet_until(quiet, user.timezone, fired_at) if quiet else None
-        for channel in channels:
-            # Due from the firing (a broker clock a little ahead must not delay it).
-            due = min(fired_at, utcnow())
-            delivery = Delivery(
-                event_id=event.id, user_id=user.id, channel=channel, next_attempt_at=due
-            )
-            if held is not None and channel != CHANNEL_IN_APP:
-                # The in-app history is silent; only channels that buzz a phone wait.
-                if quiet is not None and quiet.action == "drop":
-                    delivery.status = DELIVERY_SKIPPED
-                    delivery.last_error = "quiet hours"
-                else:
-                    delivery.next_attempt_at = held
-            session.add(delivery)
-        rule.fire_count = max(rule.fire_count, fire_no)
-        rule.last_fired_at = fired_at
-        if finished:
-            rule.status = RULE_TRIGGERED
-        session.add(rule)
+        event = await _stage(session, entry)
         await session.commit()
     except IntegrityError:
         await session.rollback()
-        log.info("firing %s already recorded", key)
+        log.info("firing %s already recorded", entry.key)
         return None
     return event
+
+
+async def _entry(session: AsyncSession, firing: TickFiring, email_enabled: bool) -> _Entry | None:
+    if isinstance(firing, PriceFiring):
+        return await _price_entry(session, firing, email_enabled)
+    return await _condition_entry(session, firing, email_enabled)
+
+
+async def _prepared(
+    session: AsyncSession, firing: TickFiring, email_enabled: bool
+) -> _Entry | None:
+    """A firing that cannot even be built (a template that will not render) is
+    skipped and logged, as it was when each firing had its own transaction: one bad
+    rule must not keep the other rules of the tick out of the outbox. Database
+    errors are not skipped; they fail the whole tick."""
+    try:
+        return await _entry(session, firing, email_enabled)
+    except SQLAlchemyError:
+        raise
+    except Exception:
+        log.exception("firing of rule %s cannot be written; skipped", firing.fired.rule_id)
+        return None
+
+
+async def record_tick(
+    session: AsyncSession, firings: Sequence[TickFiring], email_enabled: bool
+) -> list[AlertEvent | None]:
+    """Record every firing of one tick (price and condition) in ONE transaction.
+
+    A tick's outcome is then all-or-nothing: a runner that dies while recording
+    leaves either the whole tick in the outbox or none of it, so a successor can
+    resume after the last tick with a trace and lose or double nothing. Returns one
+    item per firing, in order: the new event, or None when it was recorded already
+    (same idempotency key) or its user or rule is gone.
+
+    Duplicates are found by key before writing rather than by catching the unique
+    violation per firing: that would need a savepoint per firing, and SQLite's
+    driver turns the release of an outermost savepoint into a commit. Should another
+    writer insert one of the keys meanwhile, the whole batch is rolled back and
+    re-read (``TICK_WRITE_ATTEMPTS`` times), never committed in part.
+    """
+    if not firings:
+        return []
+    for attempt in range(1, TICK_WRITE_ATTEMPTS + 1):
+        entries = [await _prepared(session, f, email_enabled) for f in firings]
+        keys = [e.key for e in entries if e is not None]
+        present: set[str] = set()
+        if keys:
+            stmt = select(AlertEvent.idempotency_key).where(
+                col(AlertEvent.idempotency_key).in_(keys)
+            )
+            present = set((await session.exec(stmt)).all())
+        events: list[AlertEvent | None] = []
+        try:
+            for entry in entries:
+                if entry is None:
+                    events.append(None)
+                elif entry.key in present:
+                    log.info("firing %s already recorded", entry.key)
+                    events.append(None)
+                else:
+                    events.append(await _stage(session, entry))
+            await session.commit()
+        except IntegrityError:
+            await session.rollback()
+            log.warning(
+                "a firing of this tick was recorded concurrently (attempt %d of %d); "
+                "writing the tick again",
+                attempt,
+                TICK_WRITE_ATTEMPTS,
+            )
+            continue
+        return events
+    raise RuntimeError(f"could not record a tick of {len(firings)} firings without a conflict")
 
 
 def quiet_until(quiet: QuietHours, tz_name: str, at: datetime) -> datetime | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
@@ -21,13 +21,14 @@ from sqlmodel import col, func, select
 
 from app import db
 from app.config import Settings
+from app.models.alerts import AlertEvent
 from app.models.common import utcnow
 from app.models.market import Symbol
 from app.models.rules import RULE_ACTIVE, RULE_EXPIRED, AlertRule
 from app.models.watchlists import Watchlist, WatchlistItem
 from app.runtime.delivery import DeliveryWorker
 from app.runtime.hub import MarketHub
-from app.runtime.outbox import RuleMeta, record_condition_firing, record_firing
+from app.runtime.outbox import ConditionFiring, PriceFiring, RuleMeta, TickFiring, record_tick
 from app.runtime.paper_desk import PaperDesk
 from app.runtime.strategy_desk import StrategyDesk
 from app.services import candles as candle_store
@@ -47,6 +48,10 @@ MAX_CANDLE_BACKLOG = 100_000
 oldest are dropped (and logged): the runner must not grow without bound."""
 PRUNE_EVERY = 3600.0
 """Seconds between retention passes over stored candles (see ``candles.RETENTION``)."""
+TICK_WRITE_GRACE = 2.0
+"""Seconds a cancelled runner waits for the tick write in flight to commit or roll back
+as a whole (it normally takes milliseconds); a leader stops its engine within
+``leader.STOP_TIMEOUT``, so this stays well below it."""
 
 
 TickListener = Callable[[Tick], Awaitable[None]]
@@ -364,12 +369,21 @@ class Runner:
             except Exception:
                 log.exception("tick listener %r failed", listener)
         fired = self.book.on_tick(tick)
-        for f in fired:
-            await self._record(f, quote.prev_close if quote else None)
-        await self._conditions_result(self.conditions.on_tick(tick))
+        await self._conditions_result(
+            self.conditions.on_tick(tick), fired, quote.prev_close if quote else None
+        )
         return fired
 
-    async def _conditions_result(self, result: object) -> list[ConditionFired]:
+    async def _conditions_result(
+        self,
+        result: object,
+        price_fired: Sequence[Fired] = (),
+        prev_close: int | None = None,
+    ) -> list[ConditionFired]:
+        """Record the firings (price ones of the same tick included) as one unit, then
+        hand closed candles on and mark expired rules."""
+        fired: list[ConditionFired] = getattr(result, "fired", [])
+        await self._record_tick(price_fired, prev_close, fired)
         closed = getattr(result, "closed", [])
         if closed:
             try:
@@ -381,9 +395,6 @@ class Runner:
                 dropped = len(self._candles) - MAX_CANDLE_BACKLOG
                 del self._candles[:dropped]
                 log.error("candle backlog full; dropped %d unsaved candles", dropped)
-        fired: list[ConditionFired] = getattr(result, "fired", [])
-        for f in fired:
-            await self._record_condition(f)
         for rule_id in getattr(result, "expired", []):
             await self._expire(rule_id)
         return fired
@@ -444,26 +455,6 @@ class Runner:
         self.candles_stored += written
         return written
 
-    async def _record_condition(self, fired: ConditionFired) -> None:
-        meta = self.meta.get(fired.rule_id)
-        spec = self.specs.get(fired.rule_id)
-        if meta is None or spec is None:
-            return
-        try:
-            async with db.session() as s:
-                event = await record_condition_firing(
-                    s, fired, meta, spec, email_enabled=self.settings.email_enabled
-                )
-        except Exception:
-            log.exception("could not record firing of rule %s", fired.rule_id)
-            return
-        if fired.finished:
-            self.meta.pop(fired.rule_id, None)
-            self.specs.pop(fired.rule_id, None)
-        if event is not None:
-            self.events_recorded += 1
-            self.delivery.wake.set()
-
     async def _expire(self, rule_id: int) -> None:
         self.meta.pop(rule_id, None)
         self.specs.pop(rule_id, None)
@@ -478,23 +469,55 @@ class Runner:
         except Exception:
             log.exception("could not mark rule %s expired", rule_id)
 
-    async def _record(self, fired: Fired, prev_close: int | None) -> None:
-        meta = self.meta.get(fired.rule_id)
-        if meta is None:
+    async def _record_tick(
+        self,
+        price_fired: Sequence[Fired],
+        prev_close: int | None,
+        condition_fired: Sequence[ConditionFired],
+    ) -> None:
+        """All firings of one tick go to the outbox in one transaction, never in part.
+
+        A successor resumes after the last tick that left a trace in the outbox; a
+        tick recorded in part would lose its other firings there, and replaying it
+        would double the recorded ones. The write runs shielded: a cancel arriving
+        mid-write (a leader losing its lock) lets the transaction end as a whole,
+        within ``TICK_WRITE_GRACE``, before the cancel goes on.
+        """
+        firings: list[TickFiring] = []
+        for f in price_fired:
+            meta = self.meta.get(f.rule_id)
+            if meta is not None:
+                firings.append(PriceFiring(f, meta, prev_close))
+        for c in condition_fired:
+            meta, spec = self.meta.get(c.rule_id), self.specs.get(c.rule_id)
+            if meta is not None and spec is not None:
+                firings.append(ConditionFiring(c, meta, spec))
+        if not firings:
             return
+        write = asyncio.ensure_future(self._write_tick(firings))
         try:
-            async with db.session() as s:
-                event = await record_firing(
-                    s, fired, meta, prev_close, email_enabled=self.settings.email_enabled
-                )
+            events = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await _let_finish(write)
+            raise
         except Exception:
-            log.exception("could not record firing of rule %s", fired.rule_id)
+            log.exception(
+                "could not record firings of rules %s", [f.fired.rule_id for f in firings]
+            )
             return
-        if fired.finished:
-            self.meta.pop(fired.rule_id, None)
-        if event is not None:
-            self.events_recorded += 1
+        for firing, event in zip(firings, events, strict=True):
+            if firing.fired.finished:
+                self.meta.pop(firing.fired.rule_id, None)
+                if isinstance(firing, ConditionFiring):
+                    self.specs.pop(firing.fired.rule_id, None)
+            if event is not None:
+                self.events_recorded += 1
+        if any(event is not None for event in events):
             self.delivery.wake.set()
+
+    async def _write_tick(self, firings: list[TickFiring]) -> list[AlertEvent | None]:
+        async with db.session() as s:
+            return await record_tick(s, firings, email_enabled=self.settings.email_enabled)
 
     # ---- live prices to open pages ----------------------------------------
     async def _ui_loop(self) -> None:
@@ -538,6 +561,25 @@ class Runner:
     def snapshot(self, codes: list[str]) -> dict[str, dict[str, str]]:
         """Current prices for a page that just opened, before the next push."""
         return {c: self.quotes[c].view() for c in codes if c in self.quotes}
+
+
+async def _let_finish(write: asyncio.Future[object]) -> None:
+    """Give a shielded write cut off by a cancel ``TICK_WRITE_GRACE`` to end on its own.
+
+    It ends committed or rolled back as a whole; only a write stuck past the grace (a
+    dead database) is cancelled, which the database also ends as a whole. A second
+    cancel while waiting cancels the write at once: stopping stays prompt.
+    """
+    try:
+        await asyncio.wait({write}, timeout=TICK_WRITE_GRACE)
+    finally:
+        if not write.done():
+            log.error(
+                "tick write still running %.1f s after a cancel; cancelling it", TICK_WRITE_GRACE
+            )
+            write.cancel()
+    if write.done() and not write.cancelled() and write.exception() is not None:
+        log.error("tick write failed while the runner stopped", exc_info=write.exception())
 
 
 _current: Runner | None = None
