@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import db
 from app.api.auth_routes import _client_ip, _same_origin
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 MAX_BODY = 16_384
+T = TypeVar("T")
 LANG_COOKIE = "tw_lang"
 
 
@@ -134,6 +137,38 @@ async def _body(request: Request, lang: str) -> dict[str, Any] | JSONResponse:
     return body if isinstance(body, dict) else _error(400, "bad_json", lang)
 
 
+async def _caller_and_body(request: Request) -> tuple[_Caller, dict[str, Any]] | JSONResponse:
+    """The caller and their JSON body, or the refusal for whichever check failed first."""
+    caller = await _caller(request)
+    if isinstance(caller, JSONResponse):
+        return caller
+    body = await _body(request, caller.lang)
+    if isinstance(body, JSONResponse):
+        return body
+    return caller, body
+
+
+async def _run(
+    caller: _Caller,
+    work: Callable[[AsyncSession], Awaitable[T]],
+    answer: Callable[[T], Response],
+) -> Response:
+    """Run ``work`` in one session and map the service's refusals to responses.
+
+    Every write route refuses the same way: an id the caller does not own (or that does
+    not exist) is a 404, bad input a translated 422. Keeping that mapping here keeps the
+    routes from drifting apart.
+    """
+    try:
+        async with db.session() as s:
+            result = await work(s)
+    except NotFound:
+        return _error(404, "not_found", caller.lang)
+    except ValidationFailed as exc:
+        return _invalid(exc, caller.lang)
+    return answer(result)
+
+
 def _text(body: dict[str, Any], key: str, default: str = "") -> str:
     value = body.get(key, default)
     return value if isinstance(value, str) else str(value)
@@ -199,12 +234,10 @@ async def list_configs(request: Request) -> JSONResponse:
 @router.post("/api/strategies/validate")
 async def validate(request: Request) -> JSONResponse:
     """Check params without saving: 200 with ``valid`` and the field errors."""
-    caller = await _caller(request)
-    if isinstance(caller, JSONResponse):
-        return caller
-    body = await _body(request, caller.lang)
-    if isinstance(body, JSONResponse):
-        return body
+    got = await _caller_and_body(request)
+    if isinstance(got, JSONResponse):
+        return got
+    caller, body = got
     params = body.get("params", {})
     found = service.check_params(_text(body, "strategy"), params)
     errors = {
@@ -215,55 +248,47 @@ async def validate(request: Request) -> JSONResponse:
 
 
 @router.post("/api/strategies")
-async def create(request: Request) -> JSONResponse:
-    caller = await _caller(request)
-    if isinstance(caller, JSONResponse):
-        return caller
-    body = await _body(request, caller.lang)
-    if isinstance(body, JSONResponse):
-        return body
-    try:
-        async with db.session() as s:
-            view = await service.create_config(
-                s,
-                caller.user_id,
-                label=_text(body, "label"),
-                strategy=_text(body, "strategy"),
-                params=body.get("params", {}),
-                timeframe=_text(body, "timeframe", "1d"),
-                ip=caller.ip,
-            )
-    except ValidationFailed as exc:
-        return _invalid(exc, caller.lang)
-    return JSONResponse(_config(view), status_code=201)
+async def create(request: Request) -> Response:
+    got = await _caller_and_body(request)
+    if isinstance(got, JSONResponse):
+        return got
+    caller, body = got
+
+    async def work(s: AsyncSession) -> service.ConfigView:
+        return await service.create_config(
+            s,
+            caller.user_id,
+            label=_text(body, "label"),
+            strategy=_text(body, "strategy"),
+            params=body.get("params", {}),
+            timeframe=_text(body, "timeframe", "1d"),
+            ip=caller.ip,
+        )
+
+    return await _run(caller, work, lambda view: JSONResponse(_config(view), status_code=201))
 
 
 @router.patch("/api/strategies/{config_id}")
-async def update(config_id: str, request: Request) -> JSONResponse:
+async def update(config_id: str, request: Request) -> Response:
     """Fields left out keep their values."""
-    caller = await _caller(request)
-    if isinstance(caller, JSONResponse):
-        return caller
-    body = await _body(request, caller.lang)
-    if isinstance(body, JSONResponse):
-        return body
-    try:
-        async with db.session() as s:
-            current = await service.get_config(s, caller.user_id, config_id, caller.ip)
-            view = await service.update_config(
-                s,
-                caller.user_id,
-                current.id,
-                label=_text(body, "label", current.label),
-                params=body.get("params", current.params),
-                timeframe=_text(body, "timeframe", current.timeframe),
-                ip=caller.ip,
-            )
-    except NotFound:
-        return _error(404, "not_found", caller.lang)
-    except ValidationFailed as exc:
-        return _invalid(exc, caller.lang)
-    return JSONResponse(_config(view))
+    got = await _caller_and_body(request)
+    if isinstance(got, JSONResponse):
+        return got
+    caller, body = got
+
+    async def work(s: AsyncSession) -> service.ConfigView:
+        current = await service.get_config(s, caller.user_id, config_id, caller.ip)
+        return await service.update_config(
+            s,
+            caller.user_id,
+            current.id,
+            label=_text(body, "label", current.label),
+            params=body.get("params", current.params),
+            timeframe=_text(body, "timeframe", current.timeframe),
+            ip=caller.ip,
+        )
+
+    return await _run(caller, work, lambda view: JSONResponse(_config(view)))
 
 
 @router.delete("/api/strategies/{config_id}")
@@ -271,49 +296,40 @@ async def delete(config_id: str, request: Request) -> Response:
     caller = await _caller(request)
     if isinstance(caller, JSONResponse):
         return caller
-    try:
-        async with db.session() as s:
-            await service.delete_config(s, caller.user_id, config_id, caller.ip)
-    except NotFound:
-        return _error(404, "not_found", caller.lang)
-    except ValidationFailed as exc:
-        return _invalid(exc, caller.lang)
-    return Response(status_code=204)
+
+    async def work(s: AsyncSession) -> None:
+        await service.delete_config(s, caller.user_id, config_id, caller.ip)
+
+    return await _run(caller, work, lambda _: Response(status_code=204))
 
 
 @router.post("/api/strategies/{config_id}/attachments")
-async def attach(config_id: str, request: Request) -> JSONResponse:
-    caller = await _caller(request)
-    if isinstance(caller, JSONResponse):
-        return caller
-    body = await _body(request, caller.lang)
-    if isinstance(body, JSONResponse):
-        return body
-    try:
-        async with db.session() as s:
-            view = await service.attach(
-                s,
-                caller.user_id,
-                config_id,
-                symbol=_text(body, "symbol"),
-                mode=_text(body, "mode", "alert"),
-                ip=caller.ip,
-            )
-    except NotFound:
-        return _error(404, "not_found", caller.lang)
-    except ValidationFailed as exc:
-        return _invalid(exc, caller.lang)
-    return JSONResponse(_attachment(view), status_code=201)
+async def attach(config_id: str, request: Request) -> Response:
+    got = await _caller_and_body(request)
+    if isinstance(got, JSONResponse):
+        return got
+    caller, body = got
+
+    async def work(s: AsyncSession) -> service.AttachmentView:
+        return await service.attach(
+            s,
+            caller.user_id,
+            config_id,
+            symbol=_text(body, "symbol"),
+            mode=_text(body, "mode", "alert"),
+            ip=caller.ip,
+        )
+
+    return await _run(caller, work, lambda view: JSONResponse(_attachment(view), status_code=201))
 
 
 @router.post("/api/strategies/attachments/{attachment_id}/kill")
-async def kill(attachment_id: str, request: Request) -> JSONResponse:
+async def kill(attachment_id: str, request: Request) -> Response:
     caller = await _caller(request)
     if isinstance(caller, JSONResponse):
         return caller
-    try:
-        async with db.session() as s:
-            view = await service.kill(s, caller.user_id, attachment_id, ip=caller.ip)
-    except NotFound:
-        return _error(404, "not_found", caller.lang)
-    return JSONResponse(_attachment(view))
+
+    async def work(s: AsyncSession) -> service.AttachmentView:
+        return await service.kill(s, caller.user_id, attachment_id, ip=caller.ip)
+
+    return await _run(caller, work, lambda view: JSONResponse(_attachment(view)))

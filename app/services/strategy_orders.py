@@ -32,10 +32,8 @@ import base64
 import hashlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from typing import Protocol
+from datetime import datetime
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -61,9 +59,21 @@ from app.models.strategies import (
     StrategyAttachment,
     StrategyOrder,
 )
-from app.services import audit, changes, credentials, paper_accounts
-from app.services.broker_tokens import VaultTokenStore
+from app.services import audit
 from app.services.errors import NotFound
+
+# The venues moved to order_venues; the public ones stay importable from here (__all__).
+from app.services.order_venues import (
+    _OPEN,
+    AccountSnapshot,
+    KisVenue,
+    LookupOpener,
+    PaperVenue,
+    Venue,
+    VenueOpener,
+    lookup_opener,
+    venue_opener,
+)
 from app.vault_keys import VaultError
 from brokers.base import (
     Balance,
@@ -73,15 +83,11 @@ from brokers.base import (
     OrderRejected,
     OrderRequest,
     OrderSide,
-    OrderState,
-    OrderStatus,
     OrderType,
 )
-from brokers.kis.rest import KisRest
-from brokers.paper.account import PaperOrderRejected
-from brokers.paper.broker import PAPER_BRANCH, PaperBroker, kst_day_bounds
+from brokers.paper.broker import kst_day_bounds
 from engines.costs import CostModel
-from engines.market import KST, Direction, price_limits, round_to_tick
+from engines.market import KST, Direction, round_to_tick
 from engines.strategies.base import Action, OrderKind, Signal
 from engines.strategies.sizing import shares_for
 
@@ -101,9 +107,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TARGET = "strategy_order"
-KIS_LOOKBACK_DAYS = 7
-"""How far back reconciliation searches KIS's daily order lists for an unresolved row."""
-_OPEN = (OrderState.OPEN, OrderState.PARTIAL)
 
 
 def client_order_id(attachment_id: int, signal_key: str) -> str:
@@ -139,294 +142,6 @@ def refusal(att: StrategyAttachment) -> str | None:
     if att.state == STATE_RECONCILING:
         return "reconciling"
     return None
-
-
-# ---- where orders go ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AccountSnapshot:
-    """What sizing and the limits need, read from the broker just before the claim."""
-
-    cash: float
-    """What a buy may spend now (orderable cash)."""
-    equity: float
-    held: int
-    """Shares of the symbol that may be sold now."""
-    pending_buy: int
-    """Shares of the symbol in open buy orders: counted against the position limit."""
-    upper_limit: int
-    """Today's upper price limit: brokers reserve a market buy at it."""
-
-
-class Venue(Protocol):
-    """One account's orders, paper or KIS, as the executor needs them."""
-
-    kind: str
-
-    async def snapshot(self, symbol: str) -> AccountSnapshot: ...
-
-    async def place(self, request: OrderRequest) -> OrderAck: ...
-
-    async def find(self, order: StrategyOrder, taken: set[str]) -> OrderAck | None:
-        """The broker's order for ``order`` if it reached the broker (ids in ``taken``
-        belong to other rows and are not candidates)."""
-        ...
-
-    async def status(self, order: StrategyOrder) -> OrderStatus | None: ...
-
-    async def cancel(self, order: StrategyOrder) -> bool: ...
-
-    async def balance(self) -> Balance: ...
-
-    async def close(self) -> None: ...
-
-
-class PaperVenue:
-    """The user's paper account. Its store remembers client order ids, so a lookup is exact."""
-
-    kind = "paper"
-
-    def __init__(self, broker: PaperBroker) -> None:
-        self.broker = broker
-
-    async def snapshot(self, symbol: str) -> AccountSnapshot:
-        balance = await self.broker.balance()
-        ledger = self.broker.ledger
-        pending = sum(
-            o.qty - o.filled_qty
-            for o in self.broker.open_orders()
-            if o.symbol == symbol and o.side is OrderSide.BUY
-        )
-        quote = await self.broker.quote(symbol)
-        return AccountSnapshot(
-            cash=ledger.available_cash,
-            equity=balance.total,
-            held=ledger.available_qty(symbol),
-            pending_buy=pending,
-            upper_limit=price_limits(quote.prev_close)[1],
-        )
-
-    async def place(self, request: OrderRequest) -> OrderAck:
-        ack = await self.broker.place_order(request)
-        changes.notify()  # the runner's paper desk fills it from the next trade
-        return ack
-
-    async def find(self, order: StrategyOrder, taken: set[str]) -> OrderAck | None:
-        found = await self.broker.store.order_by_client_id(order.client_order_id)
-        if found is None:
-            return None
-        return OrderAck(found.order_id, PAPER_BRANCH, found.created_at, found.client_order_id)
-
-    async def status(self, order: StrategyOrder) -> OrderStatus | None:
-        if not order.broker_order_id:
-            return None
-        found = await self.broker.store.get_order(order.broker_order_id)
-        return None if found is None else found.status()
-
-    async def cancel(self, order: StrategyOrder) -> bool:
-        ack = OrderAck(order.broker_order_id or "", PAPER_BRANCH, utcnow())
-        try:
-            await self.broker.cancel_order(ack)
-        except PaperOrderRejected:
-            return False  # already filled or cancelled
-        changes.notify()
-        return True
-
-    async def balance(self) -> Balance:
-        return await self.broker.balance()
-
-    async def close(self) -> None:
-        await self.broker.close()
-
-
-class KisVenue:
-    """The user's KIS account, over REST with their own key.
-
-    KIS knows nothing of our client order ids, so :meth:`find` matches an order by
-    what it is: symbol, side, quantity, order type, price, placed at or after the
-    row was created, and not already linked to another row.
-    """
-
-    kind = "kis"
-
-    def __init__(self, rest: KisRest) -> None:
-        self.rest = rest
-        self._days: dict[date, list] = {}
-
-    async def snapshot(self, symbol: str) -> AccountSnapshot:
-        balance = await self.rest.balance()
-        held = next((p.qty for p in balance.positions if p.symbol == symbol), 0)
-        today = datetime.now(KST).date()
-        pending = sum(
-            o.qty - o.filled_qty
-            for o in await self.rest.orders(today)
-            if o.symbol == symbol and o.side is OrderSide.BUY and o.state in _OPEN
-        )
-        quote = await self.rest.quote(symbol)
-        return AccountSnapshot(
-            cash=balance.cash,
-            equity=balance.total,
-            held=held,
-            pending_buy=pending,
-            upper_limit=price_limits(quote.prev_close)[1],
-        )
-
-    async def place(self, request: OrderRequest) -> OrderAck:
-        return await self.rest.place_order(request)
-
-    async def _rows(self, day: date) -> list:
-        """The day's order rows with their order time (``OrderStatus`` has none)."""
-        if day not in self._days:
-            pages = await self.rest._ccld(day, filled_only=False)
-            self._days[day] = [row for page in pages for row in page.rows]
-        return self._days[day]
-
-    async def find(self, order: StrategyOrder, taken: set[str]) -> OrderAck | None:
-        since = order.created_at.replace(microsecond=0)  # KIS stamps whole seconds
-        first = since.astimezone(KST).date()
-        today = datetime.now(KST).date()
-        if (today - first).days > KIS_LOOKBACK_DAYS:
-            first = today - timedelta(days=KIS_LOOKBACK_DAYS)
-        day = first
-        candidates = []
-        while day <= today:
-            for row in await self._rows(day):
-                if (
-                    row.order_id not in taken
-                    and row.symbol == order.symbol
-                    and row.side.value == order.side
-                    and row.order_type.value == order.order_type
-                    and row.qty == order.qty
-                    and row.price == order.price
-                    and row.ts >= since
-                ):
-                    candidates.append(row)
-            day += timedelta(days=1)
-        if not candidates:
-            return None
-        # The earliest: a cancel or modify of it comes later under a higher number.
-        best = min(candidates, key=lambda r: (r.ts, r.order_id))
-        return OrderAck(best.order_id, best.branch, best.ts, order.client_order_id)
-
-    async def status(self, order: StrategyOrder) -> OrderStatus | None:
-        if not order.broker_order_id or order.acked_at is None:
-            return None
-        day = order.acked_at.astimezone(KST).date()
-        for o in await self.rest.orders(day):
-            if o.order_id == order.broker_order_id:
-                return o
-        return None
-
-    async def cancel(self, order: StrategyOrder) -> bool:
-        status = await self.status(order)
-        if status is None or status.state not in _OPEN:
-            return False
-        ack = OrderAck(order.broker_order_id or "", order.broker_branch, utcnow())
-        await self.rest.cancel_order(ack)
-        return True
-
-    async def balance(self) -> Balance:
-        return await self.rest.balance()
-
-    async def close(self) -> None:
-        await self.rest.close()
-
-
-VenueOpener = Callable[[AsyncSession, StrategyAttachment], Awaitable[Venue]]
-
-
-class OrderLookup(Protocol):
-    """The part of a venue the kill switch needs: look an order up, cancel it."""
-
-    async def status(self, order: StrategyOrder) -> OrderStatus | None: ...
-
-    async def cancel(self, order: StrategyOrder) -> bool: ...
-
-    async def close(self) -> None: ...
-
-
-LookupOpener = Callable[[AsyncSession, StrategyAttachment], Awaitable[OrderLookup]]
-
-
-class PaperStoreVenue:
-    """The paper account's stored orders only: enough to look up and cancel, no market.
-
-    The kill switch runs in a web request, where no market feed is at hand; a
-    cancel is a conditional update of the stored order, and the runner's paper
-    desk drops it from its book on the next sync.
-    """
-
-    kind = "paper"
-
-    def __init__(self, store: paper_accounts.SqlPaperStore) -> None:
-        self.store = store
-
-    async def status(self, order: StrategyOrder) -> OrderStatus | None:
-        found = await self.store.get_order(order.broker_order_id or "")
-        return None if found is None else found.status()
-
-    async def cancel(self, order: StrategyOrder) -> bool:
-        done = await self.store.cancel(order.broker_order_id or "", "strategy killed")
-        if done:
-            changes.notify()
-        return done
-
-    async def close(self) -> None:
-        return None
-
-
-async def _open_kis(session: AsyncSession, att: StrategyAttachment, cfg: Settings) -> KisVenue:
-    """The user's KIS account, decrypted for this one use (audited by ``use_kis_account``).
-
-    The credential must belong to the attachment's user: a row pointing at someone
-    else's account is ``NotFound``, and nothing is sent.
-    """
-    if att.broker_account_id is None:
-        raise NotFound()
-    secrets = await credentials.use_kis_account(
-        session, att.user_id, att.broker_account_id, purpose="strategy_order"
-    )
-    rest = KisRest(
-        app_key=secrets.app_key,
-        app_secret=secrets.app_secret,
-        paper=secrets.is_paper,
-        account_no=secrets.account_no,
-        product_code=secrets.product_code,
-        base_url=cfg.kis_paper_base_url if secrets.is_paper else cfg.kis_real_base_url,
-        token_store=VaultTokenStore(att.broker_account_id, att.user_id, secrets.app_key),
-        rate_per_s=cfg.kis_paper_rate_per_s if secrets.is_paper else cfg.kis_real_rate_per_s,
-        timeout=cfg.kis_timeout,
-    )
-    return KisVenue(rest)
-
-
-def venue_opener(market: MarketData, settings: Settings | None = None) -> VenueOpener:
-    """Opens the attachment's venue: the user's paper account (trading against
-    ``market``, the runner's feed) or, in live mode, their KIS account."""
-
-    async def open_venue(session: AsyncSession, att: StrategyAttachment) -> Venue:
-        cfg = settings or get_settings()
-        if att.mode == MODE_LIVE:
-            return await _open_kis(session, att, cfg)
-        broker = await paper_accounts.open_broker(session, att.user_id, market, cfg)
-        return PaperVenue(broker)
-
-    return open_venue
-
-
-def lookup_opener(settings: Settings | None = None) -> LookupOpener:
-    """Like :func:`venue_opener` but needing no market: paper orders are reached through
-    their store. Enough to look orders up and cancel them (the kill switch)."""
-
-    async def open_lookup(session: AsyncSession, att: StrategyAttachment) -> OrderLookup:
-        if att.mode == MODE_LIVE:
-            return await _open_kis(session, att, settings or get_settings())
-        account = await paper_accounts.get_account(session, att.user_id, settings)
-        assert account.id is not None
-        return PaperStoreVenue(paper_accounts.SqlPaperStore(account.id))
-
-    return open_lookup
 
 
 def cost_model(settings: Settings) -> CostModel:
@@ -504,6 +219,35 @@ def _audit_detail(row: StrategyOrder, **extra: object) -> dict[str, object]:
         "mode": row.mode,
         **extra,
     }
+
+
+async def _audit_order(
+    action: str, row: StrategyOrder, *, outcome: str = OUTCOME_OK, **extra: object
+) -> None:
+    """One audit row per step of an order, all with the same order fields in ``detail``."""
+    await audit.record(
+        action,
+        actor_id=row.user_id,
+        target_type=TARGET,
+        target_id=row.id,
+        outcome=outcome,
+        detail=_audit_detail(row, **extra),
+    )
+
+
+async def _audit_cancel(row: StrategyOrder, exc: BrokerError | None = None) -> None:
+    """A cancel taken back (``exc`` None) or refused by the broker.
+
+    Shared by the executor (an order killed on its way) and the kill switch, so both
+    leave the same trail.
+    """
+    if exc is None:
+        await _audit_order(audit.STRATEGY_ORDER_CANCELLED, row, broker_order_id=row.broker_order_id)
+        return
+    log.warning("cancel of strategy order %s failed: %s", row.id, exc)
+    await _audit_order(
+        audit.STRATEGY_ORDER_CANCELLED, row, outcome=OUTCOME_FAILED, error=str(exc)[:200]
+    )
 
 
 class OrderExecutor:
@@ -662,13 +406,8 @@ class OrderExecutor:
             await s.refresh(row)
         if reason:
             log.info("strategy order refused (%s): attachment %s", reason, attachment_id)
-            await audit.record(
-                audit.STRATEGY_ORDER_REFUSED,
-                actor_id=row.user_id,
-                target_type=TARGET,
-                target_id=row.id,
-                outcome=OUTCOME_FAILED,
-                detail=_audit_detail(row, reason=reason, **detail),
+            await _audit_order(
+                audit.STRATEGY_ORDER_REFUSED, row, reason=reason, **detail, outcome=OUTCOME_FAILED
             )
         return row
 
@@ -734,13 +473,7 @@ class OrderExecutor:
         sent = await self._mark_sent(row, from_states)
         if sent is None:
             return await self._reload(row)
-        await audit.record(
-            audit.STRATEGY_ORDER_SENT,
-            actor_id=row.user_id,
-            target_type=TARGET,
-            target_id=row.id,
-            detail=_audit_detail(row, venue=venue.kind),
-        )
+        await _audit_order(audit.STRATEGY_ORDER_SENT, row, venue=venue.kind)
         request = OrderRequest(
             symbol=row.symbol,
             side=OrderSide(row.side),
@@ -781,14 +514,7 @@ class OrderExecutor:
             if state == ORDER_REJECTED
             else audit.STRATEGY_ORDER_UNKNOWN
         )
-        await audit.record(
-            action,
-            actor_id=row.user_id,
-            target_type=TARGET,
-            target_id=row.id,
-            outcome=OUTCOME_FAILED,
-            detail=_audit_detail(row, reason=reason, error=error[:200]),
-        )
+        await _audit_order(action, row, reason=reason, error=error[:200], outcome=OUTCOME_FAILED)
         return await self._reload(row)
 
     async def _link(
@@ -811,14 +537,7 @@ class OrderExecutor:
             )
             await s.commit()
             att = await s.get(StrategyAttachment, row.attachment_id or 0)
-        await audit.record(
-            action,
-            actor_id=row.user_id,
-            target_type=TARGET,
-            target_id=row.id,
-            outcome=OUTCOME_OK,
-            detail=_audit_detail(row, broker_order_id=ack.order_id),
-        )
+        await _audit_order(action, row, broker_order_id=ack.order_id)
         linked = await self._reload(row)
         if att is not None and att.killed_at is not None:
             # Killed while the order was on its way: take it back.
@@ -835,24 +554,10 @@ class OrderExecutor:
         try:
             cancelled = await venue.cancel(row)
         except BrokerError as exc:
-            log.warning("cancel of strategy order %s failed: %s", row.id, exc)
-            await audit.record(
-                audit.STRATEGY_ORDER_CANCELLED,
-                actor_id=row.user_id,
-                target_type=TARGET,
-                target_id=row.id,
-                outcome=OUTCOME_FAILED,
-                detail=_audit_detail(row, error=str(exc)[:200]),
-            )
+            await _audit_cancel(row, exc)
             return False
         if cancelled:
-            await audit.record(
-                audit.STRATEGY_ORDER_CANCELLED,
-                actor_id=row.user_id,
-                target_type=TARGET,
-                target_id=row.id,
-                detail=_audit_detail(row, broker_order_id=row.broker_order_id),
-            )
+            await _audit_cancel(row)
         return cancelled
 
     # ---- 3. reconcile ---------------------------------------------------------------
@@ -1044,24 +749,10 @@ async def cancel_open_orders(
                     continue
                 if await venue.cancel(row):
                     done += 1
-                    await audit.record(
-                        audit.STRATEGY_ORDER_CANCELLED,
-                        actor_id=row.user_id,
-                        target_type=TARGET,
-                        target_id=row.id,
-                        detail=_audit_detail(row, broker_order_id=row.broker_order_id),
-                    )
+                    await _audit_cancel(row)
             except BrokerError as exc:
                 failed += 1
-                log.warning("cancel of strategy order %s failed: %s", row.id, exc)
-                await audit.record(
-                    audit.STRATEGY_ORDER_CANCELLED,
-                    actor_id=row.user_id,
-                    target_type=TARGET,
-                    target_id=row.id,
-                    outcome=OUTCOME_FAILED,
-                    detail=_audit_detail(row, error=str(exc)[:200]),
-                )
+                await _audit_cancel(row, exc)
     finally:
         await venue.close()
     return done, failed

@@ -11,49 +11,27 @@ user hears about it once.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, ValidationInfo, field_validator
 
 from engines.market import Candle
-from engines.strategies.base import Context, IndicatorHandle, Signal, Strategy, StrategyParams
+from engines.strategies.base import Context, IndicatorHandle, Signal, Strategy
+from engines.strategies.params_common import (
+    MovingAveragePairParams,
+    check_lower_below,
+    fraction_field,
+)
 
 
-class CombinedParams(StrategyParams):
-    model_config = ConfigDict(allow_inf_nan=False)
-
-    kind: Literal["sma", "ema"] = "sma"
-    fast: int = Field(20, ge=5, le=100, json_schema_extra={"step": 5})
-    slow: int = Field(60, ge=10, le=300, json_schema_extra={"step": 10})
+class CombinedParams(MovingAveragePairParams):
     rsi_window: int = Field(14, ge=2, le=50)
     rsi_buy: int = Field(30, ge=5, le=50, json_schema_extra={"step": 5})
     rsi_sell: int = Field(70, ge=50, le=95, json_schema_extra={"step": 5})
-    fraction: float = Field(1.0, gt=0.0, le=1.0, json_schema_extra={"step": 0.05})
-
-    @field_validator("slow")
-    @classmethod
-    def _fast_shorter(cls, slow: int, info: ValidationInfo) -> int:
-        fast = info.data.get("fast")
-        if fast is not None and fast >= slow:
-            raise PydanticCustomError(
-                "fast_not_shorter",
-                "the fast average ({fast}) must be shorter than the slow one ({slow})",
-                {"fast": fast, "slow": slow},
-            )
-        return slow
+    fraction: float = fraction_field()
 
     @field_validator("rsi_sell")
     @classmethod
     def _buy_below_sell(cls, rsi_sell: int, info: ValidationInfo) -> int:
-        rsi_buy = info.data.get("rsi_buy")
-        if rsi_buy is not None and rsi_buy >= rsi_sell:
-            raise PydanticCustomError(
-                "lower_not_below_upper",
-                "the buy level ({lower}) must be below the sell level ({upper})",
-                {"lower": rsi_buy, "upper": rsi_sell},
-            )
-        return rsi_sell
+        return check_lower_below("rsi_buy", rsi_sell, info)
 
 
 class Combined(Strategy):

@@ -9,36 +9,13 @@ tools; using the same strict definition keeps them in agreement.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
-
 from engines.market import Candle
-from engines.strategies.base import Context, IndicatorHandle, Signal, Strategy, StrategyParams
+from engines.strategies.base import Context, IndicatorHandle, Signal, Strategy
+from engines.strategies.params_common import MovingAveragePairParams, fraction_field
 
 
-class MACrossParams(StrategyParams):
-    model_config = ConfigDict(allow_inf_nan=False)
-
-    kind: Literal["sma", "ema"] = "sma"
-    fast: int = Field(20, ge=5, le=100, json_schema_extra={"step": 5})
-    slow: int = Field(60, ge=10, le=300, json_schema_extra={"step": 10})
-    fraction: float = Field(1.0, gt=0.0, le=1.0, json_schema_extra={"step": 0.05})
-
-    @field_validator("slow")
-    @classmethod
-    def _fast_shorter(cls, slow: int, info: ValidationInfo) -> int:
-        # On ``slow``, declared after ``fast``: a field validator sees only the fields
-        # before it, and attaching the error to a field lets the form show it there.
-        fast = info.data.get("fast")
-        if fast is not None and fast >= slow:
-            raise PydanticCustomError(
-                "fast_not_shorter",
-                "the fast average ({fast}) must be shorter than the slow one ({slow})",
-                {"fast": fast, "slow": slow},
-            )
-        return slow
+class MACrossParams(MovingAveragePairParams):
+    fraction: float = fraction_field()
 
 
 class MACross(Strategy):

@@ -7,11 +7,11 @@ on the signal line does not fire.
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import ConfigDict, Field, field_validator
 
 from engines.market import Candle
 from engines.strategies.base import Context, IndicatorHandle, Signal, Strategy, StrategyParams
+from engines.strategies.params_common import check_fast_shorter, fraction_field
 
 
 class MACDCrossParams(StrategyParams):
@@ -20,19 +20,9 @@ class MACDCrossParams(StrategyParams):
     fast: int = Field(12, ge=4, le=40, json_schema_extra={"step": 2})
     slow: int = Field(26, ge=10, le=100, json_schema_extra={"step": 2})
     signal: int = Field(9, ge=2, le=50)
-    fraction: float = Field(1.0, gt=0.0, le=1.0, json_schema_extra={"step": 0.05})
+    fraction: float = fraction_field()
 
-    @field_validator("slow")
-    @classmethod
-    def _fast_shorter(cls, slow: int, info: ValidationInfo) -> int:
-        fast = info.data.get("fast")
-        if fast is not None and fast >= slow:
-            raise PydanticCustomError(
-                "fast_not_shorter",
-                "the fast average ({fast}) must be shorter than the slow one ({slow})",
-                {"fast": fast, "slow": slow},
-            )
-        return slow
+    _fast_shorter = field_validator("slow")(check_fast_shorter)
 
 
 class MACDCross(Strategy):

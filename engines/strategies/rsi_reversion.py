@@ -11,10 +11,10 @@ backtesting.py's ``crossover``.
 from __future__ import annotations
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
 
 from engines.market import Candle
 from engines.strategies.base import Context, IndicatorHandle, Signal, Strategy, StrategyParams
+from engines.strategies.params_common import check_lower_below, fraction_field
 
 
 class RSIReversionParams(StrategyParams):
@@ -23,19 +23,12 @@ class RSIReversionParams(StrategyParams):
     rsi_window: int = Field(14, ge=2, le=50)
     lower: int = Field(30, ge=5, le=50, json_schema_extra={"step": 5})
     upper: int = Field(70, ge=50, le=95, json_schema_extra={"step": 5})
-    fraction: float = Field(1.0, gt=0.0, le=1.0, json_schema_extra={"step": 0.05})
+    fraction: float = fraction_field()
 
     @field_validator("upper")
     @classmethod
     def _lower_below_upper(cls, upper: int, info: ValidationInfo) -> int:
-        lower = info.data.get("lower")
-        if lower is not None and lower >= upper:
-            raise PydanticCustomError(
-                "lower_not_below_upper",
-                "the buy level ({lower}) must be below the sell level ({upper})",
-                {"lower": lower, "upper": upper},
-            )
-        return upper
+        return check_lower_below("lower", upper, info)
 
 
 class RSIReversion(Strategy):
