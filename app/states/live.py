@@ -80,9 +80,13 @@ class ReflexUiSink:
 
     async def push_alert(self, user_id: int, alert: dict) -> None:
         view = {k: str(v) for k, v in alert.items()}
+        # The count is read, not incremented: a page that loaded after the alert was
+        # stored but before this push has already counted it (CI saw a badge of 2).
+        async with db.session() as s:
+            unread = await alerts_service.unread_count(s, user_id)
         async with self.app.modify_state(
             BaseStateToken(ident=user_token(user_id), cls=LiveState)
         ) as root:
             live = await root.get_state(LiveState)
             live.toast = view
-            live.unread = live.unread + 1
+            live.unread = unread
