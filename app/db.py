@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -84,6 +85,15 @@ def configure(url: str | None = None) -> AsyncEngine:
     _sessionmaker = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
     _configured_url = url
     return engine
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` says the database is unreachable (a restart, a failover, a cut
+    network), not that the statement was wrong: such a write is worth retrying as is,
+    where a wrong one would fail the same way forever."""
+    if isinstance(exc, OperationalError | InterfaceError | ConnectionError | TimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def get_engine() -> AsyncEngine:

@@ -36,5 +36,10 @@ class AlertRule(SQLModel, table=True):
     # is how the runner notices edits without rereading every rule.
     fire_count: int = 0
     last_fired_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # A repeating price rule's armed state as the runner last stored it, with the time
+    # of the tick that changed it, so a runner taking over resumes where the old one
+    # was (None: derive it from ``fire_count``, as for a new or edited rule).
+    armed: bool | None = None
+    armed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)

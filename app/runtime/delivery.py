@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, func, or_, update
@@ -98,6 +98,7 @@ class DeliveryWorker:
         self._next_due: float | None = None
         self.digests_sent = 0
         self.alerts_in_digests = 0
+        self._stranded: set[int] = set()
 
     def backoff(self, attempts: int) -> float:
         """Exponential with full jitter, capped at an hour."""
@@ -118,6 +119,8 @@ class DeliveryWorker:
         try:
             while True:
                 try:
+                    if self._stranded:
+                        await self._release_stranded()
                     ready, now = await self._scan(skip=set(active))
                 except asyncio.CancelledError:
                     raise
@@ -196,7 +199,7 @@ class DeliveryWorker:
             except asyncio.CancelledError:
                 raise
             except Exception:  # one channel's failure must not stop the others
-                log.exception("delivering to %s failed; its rows retry after their lease", key[1])
+                log.exception("delivering to %s failed; its claimed rows are retried", key[1])
                 return 0
 
     async def _claim(self, key: ChannelKey, now: datetime, limit: int) -> list[tuple[int, int]]:
@@ -245,10 +248,11 @@ class DeliveryWorker:
             claimed = await self._claim(key, now, self.settings.delivery_digest_max)
             if not claimed:
                 return 0
-            if len(claimed) == 1:
-                outcome = await self._deliver(claimed[0][0])
-            else:
-                outcome = await self._deliver_digest(key, claimed)
+            with self._strand_on_error(claimed):
+                if len(claimed) == 1:
+                    outcome = await self._deliver(claimed[0][0])
+                else:
+                    outcome = await self._deliver_digest(key, claimed)
             self.pacer.sent(key, _hold(outcome))
             return len(claimed)
         handled = 0
@@ -256,12 +260,40 @@ class DeliveryWorker:
             claimed = await self._claim(key, now, 1)
             if not claimed:
                 break
-            outcome = await self._deliver(claimed[0][0])
+            with self._strand_on_error(claimed):
+                outcome = await self._deliver(claimed[0][0])
             handled += 1
             if isinstance(outcome, Retryable):  # the service pushed back: stop for now
                 self.pacer.sent(key, _hold(outcome))
                 break
         return handled
+
+    @contextlib.contextmanager
+    def _strand_on_error(self, claimed: list[tuple[int, int]]) -> Iterator[None]:
+        """A send that failed with an exception (the database went away between the
+        claim and the outcome) leaves its rows ``sending`` under a five-minute lease;
+        they are handed back as soon as the database answers again (``_release``)."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            raise  # a stopping runner: the successor's ``recover`` takes them
+        except Exception:
+            self._stranded.update(i for i, _ in claimed)
+            raise
+
+    async def _release_stranded(self) -> None:
+        """Due again now, if still ``sending``: only rows this worker claimed and whose
+        send it knows failed, so no claim in flight elsewhere is touched."""
+        ids = sorted(self._stranded)
+        async with db.session() as s:
+            result = await s.exec(
+                update(Delivery)
+                .where(col(Delivery.id).in_(ids), col(Delivery.status) == DELIVERY_SENDING)
+                .values(next_attempt_at=self.clock())
+            )
+            await s.commit()
+        self._stranded.difference_update(ids)
+        log.warning("released %d deliveries whose send failed mid-way", result.rowcount or 0)
 
     async def recover(self) -> int:
         """Deliveries left ``sending`` by a worker that died become due at once rather

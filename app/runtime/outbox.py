@@ -8,12 +8,13 @@ writes all firings of one tick together (``record_tick``), in one transaction.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -358,7 +359,11 @@ async def _prepared(
 
 
 async def record_tick(
-    session: AsyncSession, firings: Sequence[TickFiring], email_enabled: bool
+    session: AsyncSession,
+    firings: Sequence[TickFiring],
+    email_enabled: bool,
+    arming: Mapping[int, bool] | None = None,
+    at: datetime | None = None,
 ) -> list[AlertEvent | None]:
     """Record every firing of one tick (price and condition) in ONE transaction.
 
@@ -373,8 +378,12 @@ async def record_tick(
     driver turns the release of an outermost savepoint into a commit. Should another
     writer insert one of the keys meanwhile, the whole batch is rolled back and
     re-read (``TICK_WRITE_ATTEMPTS`` times), never committed in part.
+
+    ``arming`` holds the rules whose armed state this tick (at ``at``) changed; it is
+    stored in the same transaction, so a successor restores exactly the state that
+    goes with the outbox it resumes from.
     """
-    if not firings:
+    if not firings and not arming:
         return []
     for attempt in range(1, TICK_WRITE_ATTEMPTS + 1):
         entries = [await _prepared(session, f, email_enabled) for f in firings]
@@ -395,6 +404,8 @@ async def record_tick(
                     events.append(None)
                 else:
                     events.append(await _stage(session, entry))
+            if arming:
+                await _store_arming(session, arming, at)
             await session.commit()
         except IntegrityError:
             await session.rollback()
@@ -407,6 +418,19 @@ async def record_tick(
             continue
         return events
     raise RuntimeError(f"could not record a tick of {len(firings)} firings without a conflict")
+
+
+async def _store_arming(
+    session: AsyncSession, arming: Mapping[int, bool], at: datetime | None
+) -> None:
+    """Two UPDATEs at most, whatever the count; ``updated_at`` is left alone, since it
+    marks user edits, which the runner reloads."""
+    for state in (True, False):
+        ids = [rid for rid, armed in arming.items() if armed is state]
+        if ids:
+            await session.exec(
+                update(AlertRule).where(col(AlertRule.id).in_(ids)).values(armed=state, armed_at=at)
+            )
 
 
 def quiet_until(quiet: QuietHours, tz_name: str, at: datetime) -> datetime | None:

@@ -48,6 +48,9 @@ MAX_CANDLE_BACKLOG = 100_000
 oldest are dropped (and logged): the runner must not grow without bound."""
 PRUNE_EVERY = 3600.0
 """Seconds between retention passes over stored candles (see ``candles.RETENTION``)."""
+OUTAGE_RETRY_FIRST = 0.1
+OUTAGE_RETRY_MAX = 2.0
+"""Backoff bounds (seconds) for a tick write waiting out a database outage."""
 TICK_WRITE_GRACE = 2.0
 """Seconds a cancelled runner waits for the tick write in flight to commit or roll back
 as a whole (it normally takes milliseconds); a leader stops its engine within
@@ -80,6 +83,9 @@ class LiveQuote:
             "change": f"{change_pct(self.price, self.prev_close):+.2f}%",
             "diff": f"{diff:+,}",
             "dir": "up" if diff > 0 else "down" if diff < 0 else "flat",
+            # The trade's time in epoch ms: pages show how fresh a price is, and
+            # ``python -m bench ui`` measures tick-to-browser latency from it.
+            "at": str(int(self.ts.timestamp() * 1000)) if self.ts else "",
         }
 
 
@@ -113,6 +119,7 @@ class Runner:
         self.strategies = StrategyDesk(settings, self.hub, wake=self.delivery.wake)
         self.ticks_seen = 0
         self.events_recorded = 0
+        self.write_retries = 0
         self._applied: dict[int, datetime] = {}
         self._watermark: datetime | None = None
         self._watch_signature: tuple[int, int] | None = None
@@ -259,7 +266,7 @@ class Runner:
             spec = PriceRuleSpec.model_validate(rule.spec)
             self.conditions.remove(rule.id)
             self.specs.pop(rule.id, None)
-            self.book.add(rule.id, rule.symbol, spec, fire_count=rule.fire_count)
+            self.book.add(rule.id, rule.symbol, spec, fire_count=rule.fire_count, armed=rule.armed)
         self.meta[rule.id] = RuleMeta(
             user_id=rule.user_id,
             symbol=rule.symbol,
@@ -370,7 +377,7 @@ class Runner:
                 log.exception("tick listener %r failed", listener)
         fired = self.book.on_tick(tick)
         await self._conditions_result(
-            self.conditions.on_tick(tick), fired, quote.prev_close if quote else None
+            self.conditions.on_tick(tick), fired, quote.prev_close if quote else None, tick.ts
         )
         return fired
 
@@ -379,11 +386,14 @@ class Runner:
         result: object,
         price_fired: Sequence[Fired] = (),
         prev_close: int | None = None,
+        tick_at: datetime | None = None,
     ) -> list[ConditionFired]:
-        """Record the firings (price ones of the same tick included) as one unit, then
-        hand closed candles on and mark expired rules."""
+        """Record the firings (price ones of the same tick included) and the tick's
+        armed-state changes as one unit, then hand closed candles on and mark expired
+        rules. Only a tick (``tick_at``) writes armed states: the rule book changes
+        them on ticks alone (and on seeding, which the next tick then stores)."""
         fired: list[ConditionFired] = getattr(result, "fired", [])
-        await self._record_tick(price_fired, prev_close, fired)
+        await self._record_tick(price_fired, prev_close, fired, tick_at)
         closed = getattr(result, "closed", [])
         if closed:
             try:
@@ -474,6 +484,7 @@ class Runner:
         price_fired: Sequence[Fired],
         prev_close: int | None,
         condition_fired: Sequence[ConditionFired],
+        tick_at: datetime | None = None,
     ) -> None:
         """All firings of one tick go to the outbox in one transaction, never in part.
 
@@ -492,9 +503,10 @@ class Runner:
             meta, spec = self.meta.get(c.rule_id), self.specs.get(c.rule_id)
             if meta is not None and spec is not None:
                 firings.append(ConditionFiring(c, meta, spec))
-        if not firings:
+        arming = self.book.drain_arming() if tick_at is not None else {}
+        if not firings and not arming:
             return
-        write = asyncio.ensure_future(self._write_tick(firings))
+        write = asyncio.ensure_future(self._write_tick(firings, arming, tick_at))
         try:
             events = await asyncio.shield(write)
         except asyncio.CancelledError:
@@ -504,6 +516,7 @@ class Runner:
             log.exception(
                 "could not record firings of rules %s", [f.fired.rule_id for f in firings]
             )
+            self.book.requeue_arming(arming)  # stored with the next tick that writes
             return
         for firing, event in zip(firings, events, strict=True):
             if firing.fired.finished:
@@ -515,9 +528,43 @@ class Runner:
         if any(event is not None for event in events):
             self.delivery.wake.set()
 
-    async def _write_tick(self, firings: list[TickFiring]) -> list[AlertEvent | None]:
-        async with db.session() as s:
-            return await record_tick(s, firings, email_enabled=self.settings.email_enabled)
+    async def _write_tick(
+        self, firings: list[TickFiring], arming: dict[int, bool], at: datetime | None
+    ) -> list[AlertEvent | None]:
+        """Write the tick, waiting out a database outage rather than dropping it.
+
+        The runner dropping a tick's alerts because PostgreSQL restarted would lose
+        them for good (the price has moved on), so while the database is unreachable
+        the write is retried and the tick loop waits behind it: the market stream
+        backs up, and nothing after this tick is evaluated before it is stored. A
+        write that is wrong rather than unlucky still fails at once, so one bad row
+        cannot stop the runner. A leader that loses its lock meanwhile is cancelled
+        here and its successor evaluates the tick again.
+        """
+        delay, waited_since = OUTAGE_RETRY_FIRST, None
+        while True:
+            try:
+                async with db.session() as s:
+                    events = await record_tick(
+                        s, firings, email_enabled=self.settings.email_enabled, arming=arming, at=at
+                    )
+            except Exception as exc:
+                if not db.is_outage(exc):
+                    raise
+                loop = asyncio.get_running_loop()
+                if waited_since is None:
+                    waited_since = loop.time()
+                    log.error("database unreachable; holding the tick until it is back: %r", exc)
+                self.write_retries += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, OUTAGE_RETRY_MAX)
+                continue
+            if waited_since is not None:
+                log.warning(
+                    "database back; tick stored after %.1fs",
+                    asyncio.get_running_loop().time() - waited_since,
+                )
+            return events
 
     # ---- live prices to open pages ----------------------------------------
     async def _ui_loop(self) -> None:

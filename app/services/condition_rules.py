@@ -127,6 +127,7 @@ async def update(
     rule.spec = draft.spec.model_dump(mode="json")
     rule.fire_count = 0
     rule.last_fired_at = None
+    rule.armed = rule.armed_at = None
     if rule.status != RULE_DISABLED:
         rule.status = RULE_ACTIVE
     rule.updated_at = utcnow()

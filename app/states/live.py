@@ -16,7 +16,7 @@ from app.services import alerts as alerts_service
 from app.services import watchlist as watchlist_service
 from app.states.session import SessionState
 
-_EMPTY_QUOTE = {"price": "", "change": "", "diff": "", "dir": "flat"}
+_EMPTY_QUOTE = {"price": "", "change": "", "diff": "", "dir": "flat", "at": ""}
 
 
 def user_token(user_id: int) -> str:

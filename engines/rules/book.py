@@ -95,7 +95,9 @@ Adding and seeding
 * ``fire_count > 0`` means the rule fired before (a restart, or an edit). A ``once``
   rule is then already finished and is not indexed. A ``rearm`` rule starts
   *disarmed*, so a restart never repeats an alert for a price that has not retreated
-  by the band since the last one.
+  by the band since the last one, unless ``armed`` says how it was stored: every
+  flip of a rule's armed state is reported by ``drain_arming``, so a runner taking
+  over from another restores each rule exactly as the old one left it.
 * ``seed_price`` sets the last price without evaluating: nothing fires, and every rule
   of the symbol is re-placed at the new price in its current armed/disarmed state (a
   gap is not a crossing, but an ``above`` rule that now holds fires on the next tick).
@@ -108,7 +110,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from enum import Enum
 from typing import NamedTuple
@@ -326,9 +328,10 @@ class _SymbolIndex:
     memory and cost cache misses to read.
     """
 
-    __slots__ = ("down", "pending", "quiet_hi", "quiet_lo", "rule_ids", "up")
+    __slots__ = ("changed", "down", "pending", "quiet_hi", "quiet_lo", "rule_ids", "up")
 
-    def __init__(self) -> None:
+    def __init__(self, changed: list[int]) -> None:
+        self.changed = changed  # the book's list of rules whose armed state flipped
         self.up = _Entries()
         self.down = _Entries()
         self.pending: dict[int, _Rule] = {}
@@ -371,15 +374,26 @@ class RuleBook:
         self._rules: dict[int, _Rule] = {}
         self._index: dict[str, _SymbolIndex] = {}
         self._last: dict[str, int] = {}
+        self._changed: list[int] = []
         self.visited: int = 0
 
     # -- collection API -------------------------------------------------------------
 
-    def add(self, rule_id: int, symbol: str, spec: PriceRuleSpec, fire_count: int = 0) -> None:
+    def add(
+        self,
+        rule_id: int,
+        symbol: str,
+        spec: PriceRuleSpec,
+        fire_count: int = 0,
+        armed: bool | None = None,
+    ) -> None:
         """Index a rule; re-adding an id replaces the old rule (that is how edits apply).
 
         ``fire_count`` is how often the rule has fired already (from the DB), so the
         next ``Fired.fire_no`` continues the sequence and idempotency keys stay unique.
+        ``armed`` is the state stored from ``drain_arming`` (a leader taking over must
+        go on where the old one was: a rule that re-armed before the handover fires on
+        the next crossing); ``None`` derives it from ``fire_count``.
         ``rule_id`` must fit a signed 64-bit integer (any database id does): it is
         packed into the entry keys.
         """
@@ -391,9 +405,11 @@ class RuleBook:
         if spec.repeat == "once" and fire_count > 0:
             return  # already finished: a once-rule never fires a second time
         rule = _Rule(rule_id, symbol, spec, fire_count)
+        if armed is not None:
+            rule.armed = armed
         idx = self._index.get(symbol)
         if idx is None:
-            idx = self._index[symbol] = _SymbolIndex()
+            idx = self._index[symbol] = _SymbolIndex(self._changed)
         idx.rule_ids.add(rule_id)
         self._rules[rule_id] = rule
         last = self._last.get(symbol)
@@ -422,6 +438,29 @@ class RuleBook:
     def symbols(self) -> set[str]:
         """Symbols that have at least one live rule: what the market hub must subscribe."""
         return set(self._index)
+
+    def is_armed(self, rule_id: int) -> bool | None:
+        """The rule's armed state, or None if it is not in the book."""
+        rule = self._rules.get(rule_id)
+        return None if rule is None else rule.armed
+
+    def drain_arming(self) -> dict[int, bool]:
+        """Rules whose armed state changed since the last call, with their state now.
+
+        The runner stores these with the tick that changed them, so a successor
+        restores each repeating rule armed or disarmed exactly as it was (see
+        ``add``). Finished rules are left out: their status says it all. O(changed).
+        """
+        if not self._changed:
+            return {}
+        rules = self._rules
+        out = {rid: rule.armed for rid in self._changed if (rule := rules.get(rid)) is not None}
+        self._changed.clear()
+        return out
+
+    def requeue_arming(self, rule_ids: Iterable[int]) -> None:
+        """Report these rules again at the next drain (their write failed)."""
+        self._changed.extend(rule_ids)
 
     def last_price(self, symbol: str) -> int | None:
         """The last price seen (tick or seed) for ``symbol``, or None."""
@@ -512,7 +551,9 @@ class RuleBook:
             if rule.up_action is _FIRE:
                 self._fire(idx, rule, tick, p0, fired)
             else:
-                rule.armed = True
+                if not rule.armed:
+                    rule.armed = True
+                    idx.changed.append(rule.rule_id)
                 _place_armed(idx, rule, p1)
 
     def _trigger_down(
@@ -529,7 +570,9 @@ class RuleBook:
             if rule.down_action is _FIRE:
                 self._fire(idx, rule, tick, p0, fired)
             else:
-                rule.armed = True
+                if not rule.armed:
+                    rule.armed = True
+                    idx.changed.append(rule.rule_id)
                 _place_armed(idx, rule, p1)
 
     # -- state transitions ----------------------------------------------------------
@@ -553,6 +596,7 @@ class RuleBook:
             self._forget(idx, rule)
         else:
             rule.armed = False
+            idx.changed.append(rule.rule_id)
             _place_disarmed(idx, rule, price)
 
     def _forget(self, idx: _SymbolIndex, rule: _Rule) -> None:
@@ -627,6 +671,7 @@ def _place_disarmed(idx: _SymbolIndex, rule: _Rule, price: int) -> None:
         return
     # already a band away on the side it has to come back from: armed directly
     rule.armed = True
+    idx.changed.append(rule.rule_id)
     _place_armed(idx, rule, price)
 
 

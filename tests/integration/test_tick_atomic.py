@@ -11,7 +11,7 @@ check the outbox holds both or neither, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlmodel import col, select
@@ -32,6 +32,7 @@ from tests.integration.helpers import make_user, seed_symbols, settings, ticks
 pytestmark = pytest.mark.usefixtures("database")
 
 NOW = datetime(2026, 3, 5, 0, 30, tzinfo=UTC)
+ONE_S = timedelta(seconds=1)
 REAL_STAGE = outbox._stage
 PATH = ticks("005930", [69_000, 69_500, 70_500])
 """The last tick crosses 70,000: the price rule and the condition rule fire on it."""
@@ -165,10 +166,13 @@ async def test_a_tick_already_recorded_is_not_doubled_by_a_replay(monkeypatch):
     batches: list[list[outbox.TickFiring]] = []
 
     async def capture(
-        session: AsyncSession, firings: list[outbox.TickFiring], email_enabled: bool
+        session: AsyncSession,
+        firings: list[outbox.TickFiring],
+        email_enabled: bool,
+        **arming: object,
     ) -> list[AlertEvent | None]:
         batches.append(list(firings))
-        return await outbox.record_tick(session, firings, email_enabled)
+        return await outbox.record_tick(session, firings, email_enabled, **arming)  # type: ignore[arg-type]
 
     monkeypatch.setattr(runner_module, "record_tick", capture)
     await runner.handle_tick(PATH[-1])
@@ -180,3 +184,25 @@ async def test_a_tick_already_recorded_is_not_doubled_by_a_replay(monkeypatch):
     events, deliveries, counts = await _outbox()
     assert len(events) == 2 and deliveries == 2
     assert counts == [1, 1]
+
+
+async def test_a_rules_armed_state_is_stored_with_the_tick_that_changed_it():
+    """Fire (disarmed), fall a band away (re-armed, a tick with no alert), and a new
+    runner on the same database loads the rule armed: its first crossing fires."""
+    await _setup()
+    runner = await _runner_before_the_double_tick()
+    await runner.handle_tick(PATH[-1])  # fires: rearm rule now disarmed
+    async with db.session() as s:
+        rule = (await s.exec(select(AlertRule).order_by(col(AlertRule.id)))).first()
+    assert rule is not None and rule.armed is False and rule.armed_at == PATH[-1].ts
+    rearm, near, cross = ticks("005930", [69_000, 69_900, 70_100], start=PATH[-1].ts + ONE_S)
+    assert await runner.handle_tick(rearm) == []  # 69,000: a band (0.5%) below, re-armed
+    async with db.session() as s:
+        rule = await s.get(AlertRule, rule.id)
+    assert rule is not None and rule.armed is True and rule.armed_at == rearm.ts
+    assert await runner.handle_tick(near) == []
+    successor = Runner(settings(), ReplayMarket([near], SYMBOLS, prev_close={"005930": 69_000}))
+    await successor.sync_once()
+    successor.book.seed_price("005930", near.price)
+    fired = await successor.handle_tick(cross)
+    assert [(f.rule_id, f.fire_no) for f in fired] == [(rule.id, 2)]
