@@ -28,13 +28,15 @@ from app.models.rules import RULE_ACTIVE, RULE_EXPIRED, AlertRule
 from app.models.watchlists import Watchlist, WatchlistItem
 from app.runtime.delivery import DeliveryWorker
 from app.runtime.hub import MarketHub
+from app.runtime.live_bus import LiveBus, LocalLiveBus, RedisLiveBus, Snapshot, quote_view
 from app.runtime.outbox import ConditionFiring, PriceFiring, RuleMeta, TickFiring, record_tick
 from app.runtime.paper_desk import PaperDesk
 from app.runtime.strategy_desk import StrategyDesk
 from app.services import candles as candle_store
 from app.services import changes
+from app.services.chart import CHART_TIMEFRAMES
 from brokers.base import BrokerError, MarketData
-from engines.market import Candle, Tick, Timeframe, change_pct
+from engines.market import Candle, Tick, Timeframe
 from engines.rules.book import Fired, RuleBook
 from engines.rules.conditions import ConditionRuleSpec
 from engines.rules.evaluator import ConditionBook, ConditionFired
@@ -51,6 +53,8 @@ PRUNE_EVERY = 3600.0
 OUTAGE_RETRY_FIRST = 0.1
 OUTAGE_RETRY_MAX = 2.0
 """Backoff bounds (seconds) for a tick write waiting out a database outage."""
+BUS_CONSUMER = "bus:"
+"""Prefix of the hub consumers declared by pages on other workers (``live_bus``)."""
 TICK_WRITE_GRACE = 2.0
 """Seconds a cancelled runner waits for the tick write in flight to commit or roll back
 as a whole (it normally takes milliseconds); a leader stops its engine within
@@ -77,16 +81,7 @@ class LiveQuote:
     session_date: date | None
 
     def view(self) -> dict[str, str]:
-        diff = self.price - self.prev_close
-        return {
-            "price": f"{self.price:,}",
-            "change": f"{change_pct(self.price, self.prev_close):+.2f}%",
-            "diff": f"{diff:+,}",
-            "dir": "up" if diff > 0 else "down" if diff < 0 else "flat",
-            # The trade's time in epoch ms: pages show how fresh a price is, and
-            # ``python -m bench ui`` measures tick-to-browser latency from it.
-            "at": str(int(self.ts.timestamp() * 1000)) if self.ts else "",
-        }
+        return quote_view(self.price, self.prev_close, self.ts)
 
 
 class Runner:
@@ -96,8 +91,12 @@ class Runner:
         market: MarketData,
         ui: UiSink | None = None,
         notifiers: dict[str, Notifier] | None = None,
+        bus: LiveBus | None = None,
     ) -> None:
         self.settings = settings
+        redis_url = settings.redis_url.strip()
+        self.bus: LiveBus = bus or (RedisLiveBus(redis_url) if redis_url else LocalLiveBus())
+        """Interest from pages on other workers in, live snapshots for them out."""
         self.hub = market if isinstance(market, MarketHub) else MarketHub(lambda _i: market)
         self.market: MarketData = self.hub
         self.ui = ui
@@ -225,6 +224,7 @@ class Runner:
             self.extra_interest["strategies"] = strategy_symbols
         else:
             self.extra_interest.pop("strategies", None)
+        await self._merge_bus_interest()
         await self._resubscribe()
         await self._warm_up()
 
@@ -275,6 +275,49 @@ class Runner:
             name_en=sym.name_en,
             revision=str(int(rule.updated_at.timestamp() * 1000)),
         )
+
+    async def _merge_bus_interest(self) -> None:
+        """Charts open on other workers, as consumers ``bus:<consumer>``; an unreachable
+        bus keeps the last known interest rather than dropping every remote chart."""
+        try:
+            remote = await self.bus.interest()
+        except Exception as exc:
+            log.warning("live bus unreachable; keeping the last remote interest: %r", exc)
+            return
+        for consumer in [c for c in self.extra_interest if c.startswith(BUS_CONSUMER)]:
+            if consumer[len(BUS_CONSUMER) :] not in remote:
+                del self.extra_interest[consumer]
+        for consumer, codes in remote.items():
+            self.extra_interest[BUS_CONSUMER + consumer] = codes
+
+    def _charted(self) -> set[str]:
+        return {
+            code
+            for consumer, codes in self.extra_interest.items()
+            if consumer.startswith(("chart:", BUS_CONSUMER + "chart:"))
+            for code in codes
+        }
+
+    def live_snapshots(
+        self, codes: Iterable[str], with_bars: set[str] | None = None
+    ) -> dict[str, Snapshot]:
+        """Price, and for ``with_bars`` (all of ``codes`` if None) the bars a chart
+        shows live: the forming one and those closed but not stored yet."""
+        out: dict[str, Snapshot] = {}
+        for code in codes:
+            quote = self.quotes.get(code)
+            if quote is None:
+                continue
+            snap = Snapshot(quote.price, quote.prev_close, quote.ts)
+            if with_bars is None or code in with_bars:
+                for tf in CHART_TIMEFRAMES:
+                    pending, forming = self.chart_live(code, tf)
+                    if forming is not None:
+                        snap.forming[tf] = forming
+                    if pending:
+                        snap.pending[tf] = pending
+            out[code] = snap
+        return out
 
     async def set_interest(self, consumer: str, symbols: Iterable[str]) -> None:
         """Declare what a non-user consumer needs live (an open chart, paper orders)."""
@@ -579,18 +622,23 @@ class Runner:
 
     async def flush_ui(self) -> int:
         """Coalesced: at most one update per user per interval, whatever the tick rate."""
-        if not self._dirty or self.ui is None:
-            self._dirty.clear()
+        dirty, self._dirty = self._dirty, set()
+        if not dirty:
+            return 0
+        try:
+            await self.bus.publish(self.live_snapshots(dirty, with_bars=self._charted()))
+        except Exception as exc:  # pages on other workers lag; pushes go on
+            log.warning("live bus publish failed: %r", exc)
+        if self.ui is None:
             return 0
         per_user: dict[int, dict[str, dict[str, str]]] = {}
-        for code in self._dirty:
+        for code in dirty:
             quote = self.quotes.get(code)
             if quote is None:
                 continue
             view = quote.view()
             for user_id in self.watchers.get(code, ()):
                 per_user.setdefault(user_id, {})[code] = view
-        self._dirty.clear()
         results = await asyncio.gather(
             *(self.ui.push_prices(uid, quotes) for uid, quotes in per_user.items()),
             return_exceptions=True,

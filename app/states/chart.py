@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 from app import db
 from app.components.candles import bar_labels, candlestick, volume_colors
 from app.config import get_settings
-from app.runtime.runner import current_runner
+from app.runtime.live_bus import INTEREST_TTL, get_live_bus
 from app.services import chart as chart_service
 from app.services import symbols as symbols_service
 from app.states.session import SessionState
@@ -184,9 +184,7 @@ class ChartState(rx.State):
         self._signature = ()
         self._moved = ()
         await self._render(user_id)
-        runner = current_runner()
-        if runner is not None:
-            await runner.set_interest(self._consumer(), [self.code])
+        await _declare(self._consumer(), [self.code])
         return ChartState.follow(self._generation)
 
     def _consumer(self) -> str:
@@ -201,13 +199,15 @@ class ChartState(rx.State):
         costs no queries.
         """
         tf = Timeframe(self.timeframe)
-        runner = current_runner()
         pending: list[Candle] = []
         forming = None
-        quote = None
-        if runner is not None:
-            pending, forming = runner.chart_live(self.code, tf)
-            quote = runner.quotes.get(self.code)
+        try:
+            quote = await get_live_bus().snapshot(self.code)
+        except Exception as exc:  # the chart still shows what is stored
+            log.warning("live snapshot of %s unavailable: %r", self.code, exc)
+            quote = None
+        if quote is not None:
+            pending, forming = quote.pending.get(tf, []), quote.forming.get(tf)
         moved = (
             self.timeframe,
             tuple(self.overlays),
@@ -266,9 +266,7 @@ class ChartState(rx.State):
     @rx.event
     async def leave(self) -> None:
         self._generation += 1
-        runner = current_runner()
-        if runner is not None:
-            await runner.set_interest(self._consumer(), [])
+        await _declare(self._consumer(), [])
 
     @rx.event(background=True)
     async def follow(self, generation: int) -> None:
@@ -276,6 +274,7 @@ class ChartState(rx.State):
         interval = get_settings().chart_push_interval
         started = datetime.now().timestamp()
         token = self.router.session.client_token
+        declared = started
         try:
             while datetime.now().timestamp() - started < MAX_LIVE_SECONDS:
                 await asyncio.sleep(interval)
@@ -284,12 +283,22 @@ class ChartState(rx.State):
                 async with self:
                     if self._generation != generation or self.not_found:
                         return
+                    if datetime.now().timestamp() - declared > INTEREST_TTL / 3:
+                        declared = datetime.now().timestamp()
+                        await _declare(self._consumer(), [self.code])
                     user_id = await self._user_id()
                     if user_id is None:
                         return
                     await self._render(user_id, live=True)
         except Exception:
             log.exception("chart updates for %s stopped", self.code)
-        runner = current_runner()
-        if runner is not None:
-            await runner.set_interest(f"chart:{token}", [])
+        await _declare(f"chart:{token}", [])
+
+
+async def _declare(consumer: str, codes: list[str]) -> None:
+    """Tell the runner (wherever it runs) what this chart needs streamed; a bus that
+    is down costs the live updates, never the page."""
+    try:
+        await get_live_bus().declare(consumer, codes)
+    except Exception as exc:
+        log.warning("could not declare chart interest %s: %r", consumer, exc)

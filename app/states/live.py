@@ -7,15 +7,18 @@ to every linked tab.
 
 from __future__ import annotations
 
+import logging
+
 import reflex as rx
 from reflex.istate.manager.token import BaseStateToken
 
 from app import db
-from app.runtime.runner import current_runner
+from app.runtime.live_bus import get_live_bus
 from app.services import alerts as alerts_service
 from app.services import watchlist as watchlist_service
 from app.states.session import SessionState
 
+log = logging.getLogger(__name__)
 _EMPTY_QUOTE = {"price": "", "change": "", "diff": "", "dir": "flat", "at": ""}
 
 
@@ -56,9 +59,12 @@ class LiveState(rx.SharedState):
             }
             for r in rows
         ]
-        runner = current_runner()
-        if runner is not None:
-            self.quotes = {**self.quotes, **runner.snapshot([r.code for r in rows])}
+        try:
+            snaps = await get_live_bus().snapshots([r.code for r in rows])
+        except Exception as exc:  # prices arrive with the next push instead
+            log.warning("live snapshots unavailable: %r", exc)
+            snaps = {}
+        self.quotes = {**self.quotes, **{code: snap.view() for code, snap in snaps.items()}}
 
     @rx.event
     def dismiss_toast(self) -> None:

@@ -1,0 +1,271 @@
+"""What web workers and the engine tell each other across processes.
+
+With one process the web pages call the runner in memory. With several workers only
+the leader runs the engine, and a page served by any other worker (or by the web
+tier of an operator who runs ``python -m app.runtime`` apart) cannot reach it. Two
+things must still cross:
+
+* **interest**: an open chart needs its symbol streamed even when nobody watches it.
+  A worker declares ``consumer -> symbols`` with an expiry; the leader merges every
+  live declaration into the market hub's interest at each sync pass. A worker that
+  dies stops refreshing and its declarations expire (``INTEREST_TTL``).
+* **live snapshots**: the last price of each symbol, and for charted symbols the bar
+  still forming and the closed bars not yet stored. The leader writes them at its
+  coalesced UI pace; a page reads them when it opens or redraws.
+
+Prices themselves reach open pages through Reflex's shared states (the state
+manager is Redis then, and pushes cross workers by itself); this bus is for what a
+page asks for, not for what is pushed to it.
+
+:class:`LocalLiveBus` (no ``REDIS_URL``) answers from the runner in this process;
+:class:`RedisLiveBus` keeps both in Redis: one hash for interest, one key per symbol
+for snapshots, written in one pipeline per push.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Protocol
+
+from engines.market import Candle, Timeframe, change_pct
+
+log = logging.getLogger(__name__)
+
+INTEREST_TTL = 30.0
+"""Seconds a declaration lives unless renewed; the chart renews it while it follows."""
+SNAPSHOT_TTL = 120
+"""Seconds a symbol's snapshot outlives the leader that wrote it (a stale price is
+better than none; a price older than this is not shown as live)."""
+KEY_PREFIX = "tickwatch"
+
+
+def candle_to_json(c: Candle) -> dict[str, Any]:
+    return {
+        "tf": c.timeframe.value,
+        "start": c.start.isoformat(),
+        "o": c.open,
+        "h": c.high,
+        "l": c.low,
+        "c": c.close,
+        "v": c.volume,
+    }
+
+
+def candle_from_json(symbol: str, d: dict[str, Any]) -> Candle:
+    return Candle(
+        symbol=symbol,
+        timeframe=Timeframe(d["tf"]),
+        start=datetime.fromisoformat(d["start"]),
+        open=int(d["o"]),
+        high=int(d["h"]),
+        low=int(d["l"]),
+        close=int(d["c"]),
+        volume=int(d["v"]),
+    )
+
+
+def quote_view(price: int, prev_close: int, ts: datetime | None) -> dict[str, str]:
+    """A price as the pages show it (strings: shared states carry no formatting code)."""
+    diff = price - prev_close
+    return {
+        "price": f"{price:,}",
+        "change": f"{change_pct(price, prev_close):+.2f}%",
+        "diff": f"{diff:+,}",
+        "dir": "up" if diff > 0 else "down" if diff < 0 else "flat",
+        # The trade's time in epoch ms: pages show how fresh a price is, and
+        # ``python -m bench ui`` measures tick-to-browser latency from it.
+        "at": str(int(ts.timestamp() * 1000)) if ts else "",
+    }
+
+
+class Snapshot:
+    """One symbol's live state as a page sees it."""
+
+    __slots__ = ("forming", "pending", "prev_close", "price", "ts")
+
+    def __init__(
+        self,
+        price: int,
+        prev_close: int,
+        ts: datetime | None,
+        forming: dict[Timeframe, Candle] | None = None,
+        pending: dict[Timeframe, list[Candle]] | None = None,
+    ) -> None:
+        self.price = price
+        self.prev_close = prev_close
+        self.ts = ts
+        self.forming = forming or {}
+        self.pending = pending or {}
+
+    def view(self) -> dict[str, str]:
+        return quote_view(self.price, self.prev_close, self.ts)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "p": self.price,
+                "pc": self.prev_close,
+                "ts": self.ts.isoformat() if self.ts else None,
+                "forming": [candle_to_json(c) for c in self.forming.values()],
+                "pending": [candle_to_json(c) for cs in self.pending.values() for c in cs],
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, symbol: str, raw: str | bytes) -> Snapshot:
+        d = json.loads(raw)
+        forming = {(c := candle_from_json(symbol, x)).timeframe: c for x in d.get("forming", [])}
+        pending: dict[Timeframe, list[Candle]] = {}
+        for x in d.get("pending", []):
+            c = candle_from_json(symbol, x)
+            pending.setdefault(c.timeframe, []).append(c)
+        ts = d.get("ts")
+        return cls(
+            int(d["p"]),
+            int(d["pc"]),
+            datetime.fromisoformat(ts) if ts else None,
+            forming,
+            pending,
+        )
+
+
+class LiveBus(Protocol):
+    async def declare(self, consumer: str, symbols: Iterable[str]) -> None:
+        """Web side: ``consumer`` needs these symbols live (empty: no longer)."""
+        ...
+
+    async def interest(self) -> dict[str, set[str]]:
+        """Engine side: every live declaration made through the bus."""
+        ...
+
+    async def publish(self, snapshots: dict[str, Snapshot]) -> None:
+        """Engine side: the latest snapshot of each symbol that moved."""
+        ...
+
+    async def snapshot(self, symbol: str) -> Snapshot | None:
+        """Web side: the latest snapshot of ``symbol``, or None if none is known."""
+        ...
+
+    async def snapshots(self, symbols: list[str]) -> dict[str, Snapshot]: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalLiveBus:
+    """One process: declarations go straight to the runner, snapshots come from it."""
+
+    async def declare(self, consumer: str, symbols: Iterable[str]) -> None:
+        from app.runtime.runner import current_runner
+
+        runner = current_runner()
+        if runner is not None:
+            await runner.set_interest(consumer, symbols)
+
+    async def interest(self) -> dict[str, set[str]]:
+        return {}  # declared in the runner itself
+
+    async def publish(self, snapshots: dict[str, Snapshot]) -> None:
+        return None
+
+    async def snapshot(self, symbol: str) -> Snapshot | None:
+        return (await self.snapshots([symbol])).get(symbol)
+
+    async def snapshots(self, symbols: list[str]) -> dict[str, Snapshot]:
+        from app.runtime.runner import current_runner
+
+        runner = current_runner()
+        return {} if runner is None else runner.live_snapshots(symbols)
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisLiveBus:
+    def __init__(
+        self, redis_url: str, *, ttl: float = INTEREST_TTL, prefix: str = KEY_PREFIX
+    ) -> None:
+        import redis.asyncio as redis
+
+        self._client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.ttl = ttl
+        self.interest_key = f"{prefix}:interest"
+        self.snapshot_prefix = f"{prefix}:live:"
+
+    async def declare(self, consumer: str, symbols: Iterable[str]) -> None:
+        wanted = sorted(set(symbols))
+        if wanted:
+            value = json.dumps({"s": wanted, "until": time.time() + self.ttl})
+            await self._client.hset(self.interest_key, consumer, value)
+        else:
+            await self._client.hdel(self.interest_key, consumer)
+
+    async def interest(self) -> dict[str, set[str]]:
+        raw = await self._client.hgetall(self.interest_key)
+        now = time.time()
+        out: dict[str, set[str]] = {}
+        expired: list[bytes] = []
+        for consumer, value in raw.items():
+            try:
+                d = json.loads(value)
+                if float(d["until"]) < now:
+                    expired.append(consumer)
+                    continue
+                out[consumer.decode()] = {str(s) for s in d["s"]}
+            except (ValueError, KeyError, TypeError):
+                expired.append(consumer)  # unreadable: written by nothing we know
+        if expired:
+            await self._client.hdel(self.interest_key, *expired)
+        return out
+
+    async def publish(self, snapshots: dict[str, Snapshot]) -> None:
+        if not snapshots:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for symbol, snap in snapshots.items():
+            pipe.set(self.snapshot_prefix + symbol, snap.to_json(), ex=SNAPSHOT_TTL)
+        await pipe.execute()
+
+    async def snapshot(self, symbol: str) -> Snapshot | None:
+        return (await self.snapshots([symbol])).get(symbol)
+
+    async def snapshots(self, symbols: list[str]) -> dict[str, Snapshot]:
+        if not symbols:
+            return {}
+        values = await self._client.mget([self.snapshot_prefix + s for s in symbols])
+        out: dict[str, Snapshot] = {}
+        for symbol, raw in zip(symbols, values, strict=True):
+            if raw is None:
+                continue
+            try:
+                out[symbol] = Snapshot.from_json(symbol, raw)
+            except (ValueError, KeyError, TypeError):
+                log.warning("unreadable live snapshot for %s; ignored", symbol)
+        return out
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+_bus: LiveBus | None = None
+
+
+def get_live_bus() -> LiveBus:
+    """Redis when ``REDIS_URL`` is set (several workers may serve pages), else local."""
+    global _bus
+    if _bus is None:
+        from app.config import get_settings
+
+        url = get_settings().redis_url.strip()
+        _bus = RedisLiveBus(url) if url else LocalLiveBus()
+    return _bus
+
+
+def set_live_bus(bus: LiveBus | None) -> None:
+    """Tests, and a process that reconfigures itself."""
+    global _bus
+    _bus = bus

@@ -1,0 +1,177 @@
+"""The live bus on a real Redis: pages on a worker without the runner still get a
+symbol streamed for their chart and see its live price and forming bar.
+
+"Another worker" is this test process with no current runner and its own bus
+client; the runner writes through a second client, as the leader's worker does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+import redis.asyncio as redis
+from reflex.istate.data import RouterData
+from reflex.state import State
+
+from app import db
+from app.runtime import live_bus
+from app.runtime.live_bus import RedisLiveBus, Snapshot
+from app.runtime.runner import Runner, set_current_runner
+from app.services import auth
+from app.services import candles as candle_store
+from app.states.chart import ChartState
+from app.states.live import LiveState
+from brokers.paper.replay import ReplayMarket
+from brokers.paper.symbols import SYMBOLS
+from engines.market import Candle, Timeframe
+from tests.integration.helpers import T0, make_user, seed_symbols, settings, ticks
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    name = f"test-bus:{uuid.uuid4().hex}"
+    yield name
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = [k async for k in client.scan_iter(f"{name}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+async def test_declarations_round_trip_expire_and_withdraw(prefix):
+    web = RedisLiveBus(REDIS_URL, prefix=prefix, ttl=0.3)
+    engine = RedisLiveBus(REDIS_URL, prefix=prefix)
+    try:
+        await web.declare("chart:a", ["005930", "000660"])
+        await web.declare("chart:b", ["051910"])
+        assert await engine.interest() == {
+            "chart:a": {"005930", "000660"},
+            "chart:b": {"051910"},
+        }
+        await web.declare("chart:b", [])  # the page left
+        assert await engine.interest() == {"chart:a": {"005930", "000660"}}
+        client = redis.Redis.from_url(REDIS_URL)
+        await client.hset(f"{prefix}:interest", "garbage", "not json")
+        await asyncio.sleep(0.4)  # chart:a was not renewed: its worker died
+        assert await engine.interest() == {}
+        assert await client.hlen(f"{prefix}:interest") == 0  # expired and unreadable removed
+        await client.aclose()
+    finally:
+        await web.close()
+        await engine.close()
+
+
+async def test_snapshots_round_trip_with_bars_and_skip_unreadable(prefix):
+    bus = RedisLiveBus(REDIS_URL, prefix=prefix)
+    forming = Candle("005930", Timeframe.M1, T0, 70_000, 70_300, 69_900, 70_200, 40)
+    closed = Candle(
+        "005930", Timeframe.M1, T0 - timedelta(minutes=1), 69_800, 70_000, 69_700, 70_000, 55
+    )
+    snap = Snapshot(70_200, 69_000, T0, {Timeframe.M1: forming}, {Timeframe.M1: [closed]})
+    try:
+        await bus.publish({"005930": snap})
+        client = redis.Redis.from_url(REDIS_URL)
+        await client.set(f"{prefix}:live:000660", "{broken")
+        await client.aclose()
+        got = await bus.snapshots(["005930", "000660", "051910"])
+        assert set(got) == {"005930"}  # broken and absent ones are left out
+        back = got["005930"]
+        assert (back.price, back.prev_close, back.ts) == (70_200, 69_000, T0)
+        assert back.forming == {Timeframe.M1: forming}
+        assert back.pending == {Timeframe.M1: [closed]}
+        assert back.view()["price"] == "70,200" and back.view()["dir"] == "up"
+        assert back.view()["at"] == str(int(T0.timestamp() * 1000))
+    finally:
+        await bus.close()
+
+
+def _root(token: str, path: str, query: str = "") -> State:
+    root = State(_reflex_internal_init=True)
+    root.router = RouterData.from_router_data(
+        {
+            "headers": {"cookie": f"tw_session={token}", "accept-language": "en"},
+            "ip": "4.4.4.4",
+            "token": f"client-{uuid.uuid4().hex[:8]}",
+            "pathname": path,
+            "asPath": f"{path}{query}",
+        }
+    )
+    return root
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_chart_on_a_worker_without_the_runner_streams_and_shows_live_data(prefix):
+    """The chart declares its symbol on the bus; the runner (elsewhere) subscribes it,
+    publishes the price and the forming bar, and the chart draws them. Leaving the
+    page withdraws the symbol again."""
+    await seed_symbols()
+    user = await make_user("bus@example.com")
+    async with db.session() as s:
+        token = await auth.create_session(s, user, timedelta(hours=1), "browser", "4.4.4.4")
+        await candle_store.store(
+            s, [Candle("051910", Timeframe.M1, T0 - timedelta(minutes=1), 1, 2, 1, 2, 1)]
+        )
+    path = ticks("051910", [400_000, 401_000, 402_500], start=T0 + timedelta(seconds=5))
+    engine_bus = RedisLiveBus(REDIS_URL, prefix=prefix)
+    web_bus = RedisLiveBus(REDIS_URL, prefix=prefix)
+    runner = Runner(
+        settings(redis_url=REDIS_URL),
+        ReplayMarket(path, SYMBOLS, prev_close={"051910": 399_000}),
+        bus=engine_bus,
+    )
+    live_bus.set_live_bus(web_bus)
+    set_current_runner(None)  # this "worker" has no runner
+    try:
+        await runner.sync_once()
+        assert "051910" not in runner.subscribed  # nobody watches it
+
+        chart = await _root(token, "/symbol", "?code=051910").get_state(ChartState)
+        await ChartState.event_handlers["load"].fn(chart)
+        await runner.sync_once()  # the leader's next pass sees the remote chart
+        assert "051910" in runner.subscribed
+        assert runner.hub.refcount("051910") == 1
+
+        for tick in path:
+            await runner.handle_tick(tick)
+        assert await runner.flush_ui() == 0  # no UI sink here, but the bus was written
+        assert await chart._render(user.id, live=True) is True
+        assert chart.price == "402,500" and chart.direction == "up"
+        candle = chart.figure.data[0]
+        assert list(candle.close)[-1] == 402_500  # the forming bar, from the bus
+        assert list(candle.high)[-1] == 402_500 and list(candle.open)[-1] == 400_000
+
+        live = await _root(token, "/").get_state(LiveState)
+        from app.services import watchlist
+
+        async with db.session() as s:
+            await watchlist.add(s, user.id, "051910")
+        await live._refresh(user.id)
+        assert live.quotes["051910"]["price"] == "402,500"
+
+        await ChartState.event_handlers["leave"].fn(chart)
+        await runner.sync_once()
+        assert runner.hub.refcount("051910") == 1  # now the watchlist holds it
+        assert not any(c.startswith("bus:") for c in runner.extra_interest)
+    finally:
+        live_bus.set_live_bus(None)
+        await engine_bus.close()
+        await web_bus.close()
+        await runner.market.close()
+
+
+async def test_the_runner_keeps_remote_interest_when_the_bus_is_down(prefix):
+    runner = Runner(
+        settings(), ReplayMarket([], SYMBOLS), bus=RedisLiveBus(REDIS_URL, prefix=prefix)
+    )
+    runner.extra_interest["bus:chart:x"] = {"005930"}
+    down = RedisLiveBus("redis://127.0.0.1:1/0", prefix=prefix)
+    runner.bus = down
+    await runner._merge_bus_interest()  # logged, not raised
+    assert runner.extra_interest["bus:chart:x"] == {"005930"}
+    await down.close()
