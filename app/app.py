@@ -39,6 +39,7 @@ from app.states.builder import RuleBuilderState
 from app.states.channels import ChannelsState
 from app.states.chart import ChartState
 from app.states.live import LiveState, ReflexUiSink
+from app.states.live_fanout import fanout_lifespan
 from app.states.pages import HistoryState, RulesState
 from app.states.portfolio import PortfolioState, refresh_open_pages
 from app.states.session import SessionState
@@ -122,6 +123,7 @@ app = rx.App(
     ],
 )
 app.register_lifespan_task(runner_lifespan)
+app.register_lifespan_task(fanout_lifespan)
 
 _private = [SessionState.guard, LiveState.connect]
 app.add_page(login_page, route="/login", title="Tickwatch")

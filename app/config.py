@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     # Names the lock: installs sharing one PostgreSQL database or Redis need distinct names.
     leader_lock_name: str = Field(default="tickwatch:runner", min_length=1, max_length=200)
     rule_sync_interval: float = Field(default=2.0, gt=0)
-    ui_push_interval: float = Field(default=0.5, gt=0)
+    ui_push_interval: float = Field(default=0.25, gt=0)
     chart_push_interval: float = Field(default=2.0, gt=0)
     bar_close_interval: float = Field(default=1.0, gt=0)
     delivery_poll_interval: float = Field(default=2.0, gt=0)

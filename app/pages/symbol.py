@@ -7,6 +7,7 @@ import reflex as rx
 from app.components.i18n import t
 from app.components.layout import page_frame, price_color
 from app.states.chart import ChartState
+from app.states.live import SymbolLiveState
 from app.states.session import SessionState
 
 _TF_KEYS = ("1m", "5m", "15m", "60m", "1d")
@@ -37,6 +38,12 @@ def _overlay_button(kind: str) -> rx.Component:
     )
 
 
+def _live(key: str, fallback: rx.Var) -> rx.Var:
+    """The shared per-symbol price (pushed sub-second) once there is one, else what
+    the chart drew last (stored candles, or the runner at the last redraw)."""
+    return rx.cond(SymbolLiveState.quote.contains(key), SymbolLiveState.quote[key], fallback)
+
+
 def _header() -> rx.Component:
     name = rx.cond(SessionState.ui_lang == "en", ChartState.name_en, ChartState.name_ko)
     return rx.flex(
@@ -48,21 +55,21 @@ def _header() -> rx.Component:
         ),
         rx.flex(
             rx.text(
-                ChartState.price,
+                _live("price", ChartState.price),
                 size="6",
                 weight="bold",
                 id="chart-price",
-                color=price_color(ChartState.direction),
+                color=price_color(_live("dir", ChartState.direction)),
                 font_variant_numeric="tabular-nums",
             ),
             rx.text(
-                ChartState.change,
+                _live("diff", ChartState.change),
                 " (",
-                ChartState.change_pct,
+                _live("change", ChartState.change_pct),
                 ")",
                 size="2",
                 id="chart-change",
-                color=price_color(ChartState.direction),
+                color=price_color(_live("dir", ChartState.direction)),
                 font_variant_numeric="tabular-nums",
             ),
             direction="column",

@@ -24,10 +24,12 @@ for snapshots, written in one pipeline per push.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -134,6 +136,11 @@ class Snapshot:
         )
 
 
+QuoteViews = dict[str, dict[str, str]]
+"""``code -> quote_view(...)``: what one coalesced push carries to open pages."""
+QuoteListener = Callable[[QuoteViews], Awaitable[None]]
+
+
 class LiveBus(Protocol):
     async def declare(self, consumer: str, symbols: Iterable[str]) -> None:
         """Web side: ``consumer`` needs these symbols live (empty: no longer)."""
@@ -151,13 +158,21 @@ class LiveBus(Protocol):
         """Web side: the latest snapshot of ``symbol``, or None if none is known."""
         ...
 
+    def quote_stream(self) -> AsyncIterator[QuoteViews]:
+        """Web side: every coalesced push, for the pages this worker serves."""
+        ...
+
     async def snapshots(self, symbols: list[str]) -> dict[str, Snapshot]: ...
 
     async def close(self) -> None: ...
 
 
 class LocalLiveBus:
-    """One process: declarations go straight to the runner, snapshots come from it."""
+    """One process: declarations go straight to the runner, snapshots come from it,
+    and a push is handed to this process's quote streams in memory."""
+
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[QuoteViews]] = set()
 
     async def declare(self, consumer: str, symbols: Iterable[str]) -> None:
         from app.runtime.runner import current_runner
@@ -170,7 +185,19 @@ class LocalLiveBus:
         return {}  # declared in the runner itself
 
     async def publish(self, snapshots: dict[str, Snapshot]) -> None:
-        return None
+        if snapshots and self._queues:
+            views = {code: snap.view() for code, snap in snapshots.items()}
+            for queue in self._queues:
+                queue.put_nowait(views)
+
+    async def quote_stream(self) -> AsyncIterator[QuoteViews]:
+        queue: asyncio.Queue[QuoteViews] = asyncio.Queue()
+        self._queues.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._queues.discard(queue)
 
     async def snapshot(self, symbol: str) -> Snapshot | None:
         return (await self.snapshots([symbol])).get(symbol)
@@ -195,6 +222,8 @@ class RedisLiveBus:
         self.ttl = ttl
         self.interest_key = f"{prefix}:interest"
         self.snapshot_prefix = f"{prefix}:live:"
+        self.quotes_channel = f"{prefix}:quotes"
+        self._url = redis_url
 
     async def declare(self, consumer: str, symbols: Iterable[str]) -> None:
         wanted = sorted(set(symbols))
@@ -228,7 +257,35 @@ class RedisLiveBus:
         pipe = self._client.pipeline(transaction=False)
         for symbol, snap in snapshots.items():
             pipe.set(self.snapshot_prefix + symbol, snap.to_json(), ex=SNAPSHOT_TTL)
+        views = {code: snap.view() for code, snap in snapshots.items()}
+        pipe.publish(self.quotes_channel, json.dumps(views, separators=(",", ":")))
         await pipe.execute()
+
+    async def quote_stream(self) -> AsyncIterator[QuoteViews]:
+        """Pub/sub: a worker that was away (Redis restarting) misses the pushes of that
+        time and catches up with the next one; pages never wait on a backlog."""
+        import redis.asyncio as redis
+
+        client = redis.Redis.from_url(self._url, socket_connect_timeout=2)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.quotes_channel)
+            while True:
+                message = await pubsub.get_message(timeout=5.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                try:
+                    views = json.loads(message["data"])
+                except ValueError:
+                    log.warning("unreadable quote push ignored")
+                    continue
+                if isinstance(views, dict):
+                    yield views
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def snapshot(self, symbol: str) -> Snapshot | None:
         return (await self.snapshots([symbol])).get(symbol)
@@ -252,16 +309,23 @@ class RedisLiveBus:
 
 
 _bus: LiveBus | None = None
+_local = LocalLiveBus()
+"""The one in-memory bus of this process: the runner publishes where pages listen."""
+
+
+def bus_for(redis_url: str) -> LiveBus:
+    """Redis when a URL is set (several workers may serve pages), else this process's."""
+    url = redis_url.strip()
+    return RedisLiveBus(url) if url else _local
 
 
 def get_live_bus() -> LiveBus:
-    """Redis when ``REDIS_URL`` is set (several workers may serve pages), else local."""
+    """The pages' bus, from ``REDIS_URL``."""
     global _bus
     if _bus is None:
         from app.config import get_settings
 
-        url = get_settings().redis_url.strip()
-        _bus = RedisLiveBus(url) if url else LocalLiveBus()
+        _bus = bus_for(get_settings().redis_url)
     return _bus
 
 

@@ -28,7 +28,7 @@ from app.models.rules import RULE_ACTIVE, RULE_EXPIRED, AlertRule
 from app.models.watchlists import Watchlist, WatchlistItem
 from app.runtime.delivery import DeliveryWorker
 from app.runtime.hub import MarketHub
-from app.runtime.live_bus import LiveBus, LocalLiveBus, RedisLiveBus, Snapshot, quote_view
+from app.runtime.live_bus import LiveBus, Snapshot, bus_for, quote_view
 from app.runtime.outbox import ConditionFiring, PriceFiring, RuleMeta, TickFiring, record_tick
 from app.runtime.paper_desk import PaperDesk
 from app.runtime.strategy_desk import StrategyDesk
@@ -53,6 +53,8 @@ PRUNE_EVERY = 3600.0
 OUTAGE_RETRY_FIRST = 0.1
 OUTAGE_RETRY_MAX = 2.0
 """Backoff bounds (seconds) for a tick write waiting out a database outage."""
+UI_BATCH = 0.01
+"""Seconds a woken UI loop waits so the ticks of one burst share a publish."""
 BUS_CONSUMER = "bus:"
 """Prefix of the hub consumers declared by pages on other workers (``live_bus``)."""
 TICK_WRITE_GRACE = 2.0
@@ -66,9 +68,8 @@ TickListener = Callable[[Tick], Awaitable[None]]
 
 
 class UiSink(Protocol):
-    """Where live data for open pages goes (Reflex shared states in the app)."""
-
-    async def push_prices(self, user_id: int, quotes: dict[str, dict[str, str]]) -> None: ...
+    """Where a user's alerts go while their pages are open (their shared state).
+    Prices go through ``self.bus`` instead, to every worker's own tabs."""
 
     async def push_alert(self, user_id: int, alert: dict) -> None: ...
 
@@ -94,8 +95,7 @@ class Runner:
         bus: LiveBus | None = None,
     ) -> None:
         self.settings = settings
-        redis_url = settings.redis_url.strip()
-        self.bus: LiveBus = bus or (RedisLiveBus(redis_url) if redis_url else LocalLiveBus())
+        self.bus: LiveBus = bus or bus_for(settings.redis_url)
         """Interest from pages on other workers in, live snapshots for them out."""
         self.hub = market if isinstance(market, MarketHub) else MarketHub(lambda _i: market)
         self.market: MarketData = self.hub
@@ -123,6 +123,8 @@ class Runner:
         self._watermark: datetime | None = None
         self._watch_signature: tuple[int, int] | None = None
         self._dirty: set[str] = set()
+        self._pushed_at: dict[str, float] = {}
+        self._ui_wake = asyncio.Event()
         self._changed = changes.subscribe()
         self._synced = asyncio.Event()
         self._candles: list[Candle] = []
@@ -367,7 +369,7 @@ class Runner:
                 if self.book.last_price(code) is None:
                     self.book.seed_price(code, quote.price)
                 self.conditions.set_prev_close(code, quote.prev_close)
-                self._dirty.add(code)
+                self._mark_dirty(code)
             for consumer in set(self.hub.consumers()) - set(interest):
                 await self.hub.drop_consumer(consumer)
             for consumer, codes in interest.items():
@@ -406,7 +408,7 @@ class Runner:
             quote.session_date = day
             quote.price = tick.price
             quote.ts = tick.ts
-            self._dirty.add(tick.symbol)
+            self._mark_dirty(tick.symbol)
         self._clock = (tick.ts, asyncio.get_running_loop().time())
         await self.paper.on_tick(tick)
         try:
@@ -612,7 +614,13 @@ class Runner:
     # ---- live prices to open pages ----------------------------------------
     async def _ui_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.ui_push_interval)
+            dirty = self._dirty
+            wait = min((self._ui_due(c) for c in dirty), default=None) if dirty else None
+            if wait is None or wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ui_wake.wait(), wait)
+            self._ui_wake.clear()
+            await asyncio.sleep(UI_BATCH)  # the rest of a burst of ticks joins this push
             try:
                 await self.flush_ui()
             except asyncio.CancelledError:
@@ -620,33 +628,40 @@ class Runner:
             except Exception:
                 log.exception("UI push failed")
 
+    def _mark_dirty(self, code: str) -> None:
+        if code not in self._dirty:
+            # The UI loop learns of the new deadline; a symbol quiet for an interval
+            # goes out at once (leading edge).
+            self._dirty.add(code)
+            self._ui_wake.set()
+
+    def _ui_due(self, code: str) -> float:
+        """Seconds until ``code`` may be pushed again (<= 0: now)."""
+        last = self._pushed_at.get(code)
+        if last is None:
+            return 0.0
+        return last + self.settings.ui_push_interval - asyncio.get_running_loop().time()
+
     async def flush_ui(self) -> int:
-        """Coalesced: at most one update per user per interval, whatever the tick rate."""
-        dirty, self._dirty = self._dirty, set()
-        if not dirty:
+        """Coalesced per symbol: a symbol goes out as soon as it moves if its last push
+        is ``ui_push_interval`` old, else when it is, carrying its latest price; so a
+        price reaches pages within one interval and a symbol is sent at most once per
+        interval, whatever its tick rate. One publish per flush; every worker hands it
+        to the tabs it serves. Returns how many symbols went out."""
+        due = {c for c in self._dirty if self._ui_due(c) <= 0}
+        if not due:
             return 0
+        self._dirty -= due
+        now = asyncio.get_running_loop().time()
+        for code in due:
+            self._pushed_at[code] = now
+        snapshots = self.live_snapshots(due, with_bars=self._charted())
         try:
-            await self.bus.publish(self.live_snapshots(dirty, with_bars=self._charted()))
-        except Exception as exc:  # pages on other workers lag; pushes go on
+            await self.bus.publish(snapshots)
+        except Exception as exc:  # open pages lag until the bus is back; alerts do not
             log.warning("live bus publish failed: %r", exc)
-        if self.ui is None:
             return 0
-        per_user: dict[int, dict[str, dict[str, str]]] = {}
-        for code in dirty:
-            quote = self.quotes.get(code)
-            if quote is None:
-                continue
-            view = quote.view()
-            for user_id in self.watchers.get(code, ()):
-                per_user.setdefault(user_id, {})[code] = view
-        results = await asyncio.gather(
-            *(self.ui.push_prices(uid, quotes) for uid, quotes in per_user.items()),
-            return_exceptions=True,
-        )
-        for uid, result in zip(per_user, results, strict=True):
-            if isinstance(result, Exception):
-                log.warning("price push to user %s failed: %r", uid, result)
-        return len(per_user)
+        return len(snapshots)
 
     def chart_live(self, symbol: str, tf: Timeframe) -> tuple[list[Candle], Candle | None]:
         """Closed candles not yet stored, and the bar still forming, for a chart."""

@@ -23,6 +23,8 @@ from app.config import get_settings
 from app.runtime.live_bus import INTEREST_TTL, get_live_bus
 from app.services import chart as chart_service
 from app.services import symbols as symbols_service
+from app.states.live import SymbolLiveState
+from app.states.live_fanout import FANOUT
 from app.states.session import SessionState
 from engines.market import Candle, Timeframe, change_pct
 
@@ -157,7 +159,7 @@ class ChartState(rx.State):
         return None if user is None else user.id
 
     @rx.event
-    async def load(self) -> rx.event.EventSpec | None:
+    async def load(self) -> list[rx.event.EventSpec] | None:
         user_id = await self._user_id()
         if user_id is None:
             return rx.redirect("/login")
@@ -185,7 +187,7 @@ class ChartState(rx.State):
         self._moved = ()
         await self._render(user_id)
         await _declare(self._consumer(), [self.code])
-        return ChartState.follow(self._generation)
+        return [ChartState.follow(self._generation), SymbolLiveState.follow(self.code)]
 
     def _consumer(self) -> str:
         return f"chart:{self.router.session.client_token}"
@@ -266,6 +268,7 @@ class ChartState(rx.State):
     @rx.event
     async def leave(self) -> None:
         self._generation += 1
+        FANOUT.unfollow_symbol(self.router.session.client_token)
         await _declare(self._consumer(), [])
 
     @rx.event(background=True)

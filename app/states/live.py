@@ -1,8 +1,10 @@
-"""Per-user live data shared by all of that user's open tabs.
+"""Live data for open pages: per-user shared state, and per-tab prices.
 
-Each browser links its ``LiveState`` to the token ``user-<id>``; the runner
-writes to that token once per push interval and Reflex fans the change out
-to every linked tab.
+Each browser links its ``LiveState`` to the token ``user-<id>``, so the watchlist
+rows, toasts and the unread count reach every tab of a user on any worker through
+Reflex's state manager. Prices, which change several times a second, reach each tab
+from the worker holding its socket (``live_fanout``); this module registers the tab
+there when it connects.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from app import db
 from app.runtime.live_bus import get_live_bus
 from app.services import alerts as alerts_service
 from app.services import watchlist as watchlist_service
+from app.states.live_fanout import FANOUT, row_view, watch_view
 from app.states.session import SessionState
 
 log = logging.getLogger(__name__)
-_EMPTY_QUOTE = {"price": "", "change": "", "diff": "", "dir": "flat", "at": ""}
 
 
 def user_token(user_id: int) -> str:
@@ -34,7 +36,7 @@ class LiveState(rx.SharedState):
 
     @rx.var
     def watch_view(self) -> list[dict[str, str]]:
-        return [{**row, **self.quotes.get(row["code"], _EMPTY_QUOTE)} for row in self.watch_rows]
+        return watch_view(self.watch_rows, self.quotes)
 
     @rx.event
     async def connect(self) -> None:
@@ -42,33 +44,56 @@ class LiveState(rx.SharedState):
         user = await session._user()
         if user is None or user.id is None:
             return
+        token = self.router.session.client_token
         linked = await self._link_to(user_token(user.id))
         await linked._refresh(user.id)
+        FANOUT.watch(token, user.id)
 
     async def _refresh(self, user_id: int) -> None:
         async with db.session() as s:
             rows = await watchlist_service.list_rows(s, user_id)
             self.unread = await alerts_service.unread_count(s, user_id)
-        self.watch_rows = [
-            {
-                "item_id": str(r.item_id),
-                "code": r.code,
-                "name_ko": r.name_ko,
-                "name_en": r.name_en,
-                "market": r.market,
-            }
-            for r in rows
-        ]
+        self.watch_rows = [row_view(r) for r in rows]
         try:
             snaps = await get_live_bus().snapshots([r.code for r in rows])
         except Exception as exc:  # prices arrive with the next push instead
             log.warning("live snapshots unavailable: %r", exc)
             snaps = {}
-        self.quotes = {**self.quotes, **{code: snap.view() for code, snap in snaps.items()}}
+        fresh = {code: snap.view() for code, snap in snaps.items()}
+        self.quotes = {**self.quotes, **fresh}
+        FANOUT.set_rows(user_id, self.watch_rows, fresh)
 
     @rx.event
     def dismiss_toast(self) -> None:
         self.toast = {}
+
+
+class SymbolLiveState(rx.State):
+    """The price on a symbol page, pushed to the tab between the chart's slower
+    redraws (``live_fanout``)."""
+
+    quote: dict[str, str] = {}
+
+    @rx.event
+    async def follow(self, code: str) -> None:
+        """Queued by the symbol page's load, once it has found the symbol."""
+        session = await self.get_state(SessionState)
+        user = await session._user()
+        if user is None or not code.isalnum() or len(code) > 12:
+            return
+        self.quote = {}
+        FANOUT.follow_symbol(self.router.session.client_token, code)
+        await self._seed(code)
+
+    async def _seed(self, code: str) -> None:
+        """The last known price, until the next push."""
+        try:
+            snap = await get_live_bus().snapshot(code)
+        except Exception as exc:
+            log.warning("live snapshot of %s unavailable: %r", code, exc)
+            return
+        if snap is not None:
+            self.quote = snap.view()
 
 
 class ReflexUiSink:
@@ -76,13 +101,6 @@ class ReflexUiSink:
 
     def __init__(self, app: rx.App) -> None:
         self.app = app
-
-    async def push_prices(self, user_id: int, quotes: dict[str, dict[str, str]]) -> None:
-        async with self.app.modify_state(
-            BaseStateToken(ident=user_token(user_id), cls=LiveState)
-        ) as root:
-            live = await root.get_state(LiveState)
-            live.quotes = {**live.quotes, **quotes}
 
     async def push_alert(self, user_id: int, alert: dict) -> None:
         view = {k: str(v) for k, v in alert.items()}

@@ -429,6 +429,8 @@ OWN_DATA_ONLY: dict[tuple[str, str], str] = {
     "(test_daily_digest.py: another user's flag is untouched)",
     ("LiveState", "connect"): "links to the caller's own token (checked below)",
     ("LiveState", "dismiss_toast"): "edits the caller's own linked state",
+    ("SymbolLiveState", "follow"): "signed-in only; registers the caller's own tab for a "
+    "symbol's public price (no user data)",
     ("AdminState", "filter_audit"): "stores filter text; load_audit re-checks the role",
     ("BrokersState", "load"): "lists the caller's accounts (checked below)",
     ("BrokersState", "create"): "creates an account for the caller",

@@ -24,7 +24,7 @@ from app.runtime.runner import Runner, set_current_runner
 from app.services import auth
 from app.services import candles as candle_store
 from app.states.chart import ChartState
-from app.states.live import LiveState
+from app.states.live import LiveState, SymbolLiveState
 from brokers.paper.replay import ReplayMarket
 from brokers.paper.symbols import SYMBOLS
 from engines.market import Candle, Timeframe
@@ -139,12 +139,24 @@ async def test_a_chart_on_a_worker_without_the_runner_streams_and_shows_live_dat
 
         for tick in path:
             await runner.handle_tick(tick)
-        assert await runner.flush_ui() == 0  # no UI sink here, but the bus was written
+        assert await runner.flush_ui() == 1  # one symbol moved: published on the bus
         assert await chart._render(user.id, live=True) is True
         assert chart.price == "402,500" and chart.direction == "up"
         candle = chart.figure.data[0]
         assert list(candle.close)[-1] == 402_500  # the forming bar, from the bus
         assert list(candle.high)[-1] == 402_500 and list(candle.open)[-1] == 400_000
+
+        # A second tab opening the symbol now finds the shared price seeded.
+        second = await _root(token, "/symbol", "?code=051910").get_state(ChartState)
+        queued = await ChartState.event_handlers["load"].fn(second)
+        assert [e.handler.fn.__qualname__ for e in queued] == [
+            "ChartState.follow",
+            "SymbolLiveState.follow",
+        ]
+        assert queued[1].args[0][1]._var_value == "051910"
+        shared = await second.get_state(SymbolLiveState)
+        await shared._seed("051910")
+        assert shared.quote["price"] == "402,500"
 
         live = await _root(token, "/").get_state(LiveState)
         from app.services import watchlist
@@ -155,6 +167,7 @@ async def test_a_chart_on_a_worker_without_the_runner_streams_and_shows_live_dat
         assert live.quotes["051910"]["price"] == "402,500"
 
         await ChartState.event_handlers["leave"].fn(chart)
+        await ChartState.event_handlers["leave"].fn(second)
         await runner.sync_once()
         assert runner.hub.refcount("051910") == 1  # now the watchlist holds it
         assert not any(c.startswith("bus:") for c in runner.extra_interest)

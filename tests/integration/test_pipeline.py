@@ -16,6 +16,7 @@ from sqlmodel import col, select
 from app import db
 from app.models.alerts import AlertEvent, Delivery
 from app.models.rules import AlertRule
+from app.runtime.live_bus import bus_for
 from app.runtime.outbox import RuleMeta, record_firing
 from app.runtime.runner import Runner
 from app.services import rules as rules_service
@@ -32,17 +33,19 @@ pytestmark = pytest.mark.usefixtures("database")
 
 
 class RecordingUi:
-    """The runner's UI port, recording what open pages would receive."""
+    """The runner's UI sink (alerts), plus every price push the runner published on
+    this process's live bus, as the pages' fan-out receives them."""
 
     def __init__(self) -> None:
-        self.prices: list[tuple[int, dict]] = []
+        self.prices: list[dict[str, dict]] = []
         self.alerts: list[tuple[int, dict]] = []
-
-    async def push_prices(self, user_id: int, quotes: dict) -> None:
-        self.prices.append((user_id, quotes))
 
     async def push_alert(self, user_id: int, alert: dict) -> None:
         self.alerts.append((user_id, alert))
+
+    async def listen(self) -> None:
+        async for views in bus_for("").quote_stream():
+            self.prices.append(views)
 
 
 async def _settled(max_wait: float = 15.0) -> None:
@@ -67,14 +70,17 @@ async def _settled(max_wait: float = 15.0) -> None:
 async def _run(market: ReplayMarket, cfg, ui=None, notifiers=None) -> Runner:
     runner = Runner(cfg, market, ui=ui, notifiers=notifiers)
     task = asyncio.create_task(runner.run())
+    listener = asyncio.create_task(ui.listen()) if ui is not None else None
     try:
         await asyncio.wait_for(market.drained.wait(), 15)
         await _settled()
         await asyncio.sleep(2 * cfg.ui_push_interval)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for t in (task, listener):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
         await market.close()
     return runner
 
@@ -143,8 +149,8 @@ async def test_cross_up_back_and_forth_yields_one_event_one_delivery_per_channel
     assert (rule.status, rule.fire_count) == ("triggered", 1)
     assert [a[0] for a in ui.alerts] == [user.id]
     assert "삼성전자" in ui.alerts[0][1]["title"]
-    assert ui.prices and all(uid == user.id for uid, _ in ui.prices)
-    assert ui.prices[-1][1]["005930"]["price"] == "70,400"
+    assert ui.prices and all(set(views) == {"005930"} for views in ui.prices)
+    assert ui.prices[-1]["005930"]["price"] == "70,400"
     assert runner.ticks_seen == len(path)
 
 
@@ -222,9 +228,10 @@ async def test_rules_of_two_users_fire_separately_and_prices_go_to_watchers_only
     assert sorted(e.user_id for e in events) == sorted([alice.id, bob.id])
     # without SMTP configured only the in-app channel exists
     assert {d.channel for d in await _deliveries()} == {"in_app"}
-    pushed = {(uid, code) for uid, quotes in ui.prices for code in quotes}
-    assert (alice.id, "005930") in pushed and (carol.id, "000660") in pushed
-    assert (carol.id, "005930") not in pushed and (bob.id, "005930") not in pushed
+    # Both symbols go out once each push; which tab gets which is the fan-out's job
+    # (tests/integration/test_live_fanout.py).
+    assert {code for views in ui.prices for code in views} == {"005930", "000660"}
+    assert any(v.get("000660", {}).get("price") == "200,500" for v in ui.prices)
 
 
 async def test_refused_recipient_is_a_dead_letter_with_its_reason(smtp_server):
