@@ -45,7 +45,7 @@ chromium:
 run: deps
 	$(PY) -m app.cli migrate
 	$(PY) -m app.cli seed-demo
-	$(VENV)/bin/reflex run --env prod --frontend-port $(PORT) --backend-port $(PORT)
+	$(VENV)/bin/python -m app.serve --frontend-port $(PORT) --backend-port $(PORT)
 
 test: test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -9,7 +9,8 @@ What runs, all on loopback, and all torn down at the end (also on errors):
   users, each with a session (the raw token is the ``tw_session`` cookie, the table
   keeps its hash) and a watchlist of a few of the first S simulated symbols, so that
   every one of the S is watched by someone;
-* the backend only (``reflex run --env prod --backend-only``) with W granian workers,
+* the backend only (``python -m app.serve --backend-only``, i.e. ``reflex run --env
+  prod`` with crashed workers respawned) with W granian workers,
   Reflex's Redis state manager on its own Redis database (flushed before and after),
   the PostgreSQL leader lock, and the simulated market ticking every 0.2 s;
 * N websocket clients in this process (:mod:`bench._ui_clients`): two tabs per user,
@@ -252,10 +253,10 @@ def backend_env(plan: Plan, db_url: str, redis_url: str, port: int) -> dict[str,
 
 @contextlib.contextmanager
 def backend(env: dict[str, str], port: int, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``reflex run --env prod --backend-only`` in a session of its own; the whole
+    """``python -m app.serve --backend-only`` in a session of its own; the whole
     process group (supervisor and workers) is stopped on the way out."""
-    reflex = Path(sys.executable).parent / "reflex"
-    cmd = [str(reflex), "run", "--env", "prod", "--backend-only"]
+    # The production entry: ``reflex run --env prod`` with crashed workers respawned.
+    cmd = [sys.executable, "-m", "app.serve", "--backend-only"]
     cmd += ["--backend-host", "127.0.0.1", "--backend-port", str(port)]
     with log_path.open("wb") as fh:
         proc = subprocess.Popen(

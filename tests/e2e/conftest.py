@@ -1,4 +1,5 @@
-"""Start the production build (`reflex run --env prod`) on a free port, like `make run` does."""
+"""Start the production build (`python -m app.serve`, i.e. `reflex run --env prod`) on a free
+port, like `make run` does."""
 
 from __future__ import annotations
 
@@ -132,10 +133,9 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
     with log.open("w") as fh:
         proc = subprocess.Popen(
             [
-                str(Path(sys.executable).parent / "reflex"),
-                "run",
-                "--env",
-                "prod",
+                sys.executable,
+                "-m",
+                "app.serve",  # what `make run` runs: reflex run --env prod, workers respawned
                 "--frontend-port",
                 str(port),
                 "--backend-port",

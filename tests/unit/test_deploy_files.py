@@ -156,6 +156,8 @@ def test_start_order_uses_conditions(compose: dict) -> None:
         assert deps["postgres"]["condition"] == "service_healthy"
         assert deps["redis"]["condition"] == "service_healthy"
     assert services["engine"]["command"] == ["python", "-m", "app.runtime"]
+    # app.serve, not plain `reflex run`: a crashed worker must not stop the server
+    assert services["web"]["command"][:3] == ["python", "-m", "app.serve"]
     assert services["proxy"]["depends_on"]["web"]["condition"] == "service_healthy"
 
 
