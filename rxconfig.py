@@ -13,6 +13,8 @@ config = rx.Config(
     show_built_with_reflex=False,
     # Our own routes share this CORS policy; never "*" with credentials.
     cors_allowed_origins=[get_settings().app_base_url.rstrip("/")],
+    # Pages read the client IP as our HTTP routes do (app/api/client_ip.py).
+    trusted_proxy_hops=get_settings().trusted_proxy_hops,
     plugins=[rx.plugins.RadixThemesPlugin(theme=rx.theme(accent_color="indigo", radius="medium"))],
     disable_plugins=[SitemapPlugin],
     # Reflex pickles each tab's state, router headers included, and those headers carry

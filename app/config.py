@@ -6,6 +6,7 @@ explicit values instead of patching globals.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,9 @@ class Settings(BaseSettings):
     session_ttl_hours: int = Field(default=24 * 14, ge=1)
     cookie_secure: Literal["auto", "true", "false"] = "auto"
     login_max_failures: int = Field(default=5, ge=1)
+    # Reverse proxies in front of the app that append to X-Forwarded-For (nginx: 1).
+    # 0 ignores the header, which anyone can forge; set it only behind such a proxy.
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=10)
     login_window_seconds: int = Field(default=300, ge=1)
 
     # Demo market (the paper broker's simulated KRX)
@@ -57,6 +61,14 @@ class Settings(BaseSettings):
     delivery_intervals: str = ""
     delivery_digest_max: int = Field(default=1000, ge=2, le=10000)
     delivery_concurrency: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_from_reflex(cls, value: str) -> str:
+        """Several workers need one Redis for both Reflex's state and our live bus; an
+        operator who set only ``REFLEX_REDIS_URL`` would otherwise get workers whose
+        pages never see a price (the bus would stay in each process)."""
+        return value.strip() or os.environ.get("REFLEX_REDIS_URL", "").strip()
 
     @field_validator("delivery_intervals")
     @classmethod

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 
 from app import db
+from app.api.client_ip import client_ip
 from app.config import get_settings
 from app.models.audit import OUTCOME_FAILED
 from app.models.users import User
@@ -34,7 +35,7 @@ def throttle() -> auth.LoginThrottle:
 
 
 def _client_ip(request: Request) -> str:
-    return request.client.host if request.client else ""
+    return client_ip(request.headers.get("x-forwarded-for", ""), request.client)
 
 
 def _safe_next(value: str | None) -> str:
