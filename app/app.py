@@ -56,7 +56,7 @@ async def runner_lifespan(app: rx.App) -> AsyncIterator[None]:
     """Every runner-enabled worker stands for election; only the leader runs the engine
     (streams, rules, delivery, scheduler, backtest jobs). See app/runtime/leader.py."""
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.json_logs)
     get_key_ring()  # a bad vault key configuration stops start-up, not a later save
     if not settings.runner_enabled:
         yield

@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "rotate-keys" and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.json_logs)
     if args.cmd == "migrate":
         migrate()
         log.info("database is at the latest migration")

@@ -7,6 +7,7 @@ explicit values instead of patching globals.
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -188,7 +189,30 @@ class Settings(BaseSettings):
     notify_timeout: float = Field(default=10.0, gt=0)
 
     log_level: str = "INFO"
-    log_json: bool = False
+    # JSON lines for log collectors: "true", "false", or "auto" (JSON unless stderr is
+    # a terminal: a container or a service manager gets JSON, `make run` readable text)
+    log_json: Literal["auto", "true", "false"] = "auto"
+
+    @field_validator("log_json", mode="before")
+    @classmethod
+    def _log_json_words(cls, value: object) -> object:
+        """The spellings of a boolean setting elsewhere in this file keep working."""
+        words = {
+            "1": "true",
+            "yes": "true",
+            "on": "true",
+            "0": "false",
+            "no": "false",
+            "off": "false",
+        }
+        text = str(value).strip().lower()
+        return words.get(text, text)
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_json == "auto":
+            return not sys.stderr.isatty()
+        return self.log_json == "true"
 
     @property
     def email_enabled(self) -> bool:

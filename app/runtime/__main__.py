@@ -27,7 +27,7 @@ log = logging.getLogger("app.runtime")
 
 async def main() -> int:
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.json_logs)
     get_key_ring()  # a bad vault key configuration stops start-up, not a later send
     try:
         lock = build_lock(
