@@ -71,16 +71,7 @@ async def runner_lifespan(app: rx.App) -> AsyncIterator[None]:
     election = LeaderElection(lock, lease=settings.leader_lease_seconds)
 
     async def lead() -> None:
-        await run_engine(
-            settings,
-            ui=ReflexUiSink(app),
-            jobs={
-                "portfolio-refresh": (
-                    lambda: refresh_open_pages(app),
-                    settings.portfolio_refresh_seconds,
-                )
-            },
-        )
+        await run_engine(settings, ui=ReflexUiSink(app))
 
     task = asyncio.create_task(election.run(lead), name="leader-election")
     try:
@@ -90,6 +81,29 @@ async def runner_lifespan(app: rx.App) -> AsyncIterator[None]:
         with contextlib.suppress(BaseException):
             await task
         await db.dispose()
+
+
+@contextlib.asynccontextmanager
+async def portfolio_refresh_lifespan(app: rx.App) -> AsyncIterator[None]:
+    """In every worker: its own open portfolio pages are refreshed by it (the pages are
+    registered in the process whose socket serves them, not in the leader's)."""
+
+    async def loop() -> None:
+        every = get_settings().portfolio_refresh_seconds
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await refresh_open_pages(app)
+            except Exception:
+                log.exception("portfolio page refresh failed")
+
+    task = asyncio.create_task(loop(), name="portfolio-refresh")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
 
 
 def _load_strategy_plugins() -> None:
@@ -124,6 +138,7 @@ app = rx.App(
 )
 app.register_lifespan_task(runner_lifespan)
 app.register_lifespan_task(fanout_lifespan)
+app.register_lifespan_task(portfolio_refresh_lifespan)
 
 _private = [SessionState.guard, LiveState.connect]
 app.add_page(login_page, route="/login", title="Tickwatch")

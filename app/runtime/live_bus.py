@@ -30,6 +30,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -333,3 +334,42 @@ def set_live_bus(bus: LiveBus | None) -> None:
     """Tests, and a process that reconfigures itself."""
     global _bus
     _bus = bus
+
+
+class LiveQuotedMarket:
+    """A market for a process that does not run the engine (a web worker): quotes are
+    the leader's live prices from the bus, so a paper order placed on any worker fills
+    at the price its page shows; everything else, and a symbol the bus does not know,
+    comes from ``fallback`` (the configured source).
+
+    Without it, a worker with no runner quoted from its own simulated market, whose
+    prices wander apart from the leader's: the page said 70,100 and the order filled
+    at 69,400.
+    """
+
+    def __init__(self, fallback: Any, bus: LiveBus | None = None) -> None:
+        self._fallback = fallback
+        self._bus = bus
+        self.name = getattr(fallback, "name", "market")
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self._fallback, item)
+
+    async def quote(self, symbol: str) -> Any:
+        base = await self._fallback.quote(symbol)
+        try:
+            snap = await (self._bus or get_live_bus()).snapshot(symbol)
+        except Exception as exc:
+            log.warning("live price of %s unavailable; quoting the source: %r", symbol, exc)
+            return base
+        if snap is None:
+            return base
+        # The day's range must hold the live price; prev_close is the leader's too.
+        return replace(
+            base,
+            price=snap.price,
+            prev_close=snap.prev_close,
+            high=max(base.high, snap.price),
+            low=min(base.low, snap.price) if base.low else snap.price,
+            ts=snap.ts or base.ts,
+        )

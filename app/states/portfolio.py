@@ -1,8 +1,8 @@
 """The portfolio page: cash, holdings, valuation and P&L, plus the paper order ticket.
 
-Numbers are refreshed on demand (the refresh button, after an order) and by the
-scheduler's ``portfolio-refresh`` job, which pushes into every open portfolio
-page through :func:`refresh_open_pages`. Only formatted strings reach the
+Numbers are refreshed on demand (the refresh button, after an order) and every
+``PORTFOLIO_REFRESH_SECONDS`` by each worker for the portfolio pages it serves
+(:func:`refresh_open_pages`, started in ``app/app.py``). Only formatted strings reach the
 browser: no credential, no token, no account number beyond its masked tail.
 """
 
@@ -16,6 +16,7 @@ from reflex.istate.manager.token import BaseStateToken
 
 from app import db
 from app.config import get_settings
+from app.runtime.live_bus import LiveQuotedMarket
 from app.runtime.runner import current_runner
 from app.services import paper_accounts, symbols
 from app.services import portfolio as portfolio_service
@@ -41,11 +42,20 @@ ORDER_FIELDS = ("symbol", "side", "order_type", "qty", "price")
 
 
 def _market() -> MarketData:
+    """The runner's market in its own process; elsewhere the leader's live prices over
+    the bus, with the configured source for what the bus cannot answer."""
     runner = current_runner()
     if runner is not None:
         return runner.market
-    cfg = get_settings()
-    return SimulatedMarket(seed=cfg.market_seed, always_open=cfg.market_always_open)
+    global _worker_market
+    if _worker_market is None:
+        cfg = get_settings()
+        fallback = SimulatedMarket(seed=cfg.market_seed, always_open=cfg.market_always_open)
+        _worker_market = LiveQuotedMarket(fallback)
+    return _worker_market  # type: ignore[return-value]
+
+
+_worker_market: LiveQuotedMarket | None = None
 
 
 def _pnl_dir(value: int | float) -> str:

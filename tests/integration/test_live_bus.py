@@ -19,7 +19,7 @@ from reflex.state import State
 
 from app import db
 from app.runtime import live_bus
-from app.runtime.live_bus import RedisLiveBus, Snapshot
+from app.runtime.live_bus import LiveQuotedMarket, RedisLiveBus, Snapshot
 from app.runtime.runner import Runner, set_current_runner
 from app.services import auth
 from app.services import candles as candle_store
@@ -188,3 +188,30 @@ async def test_the_runner_keeps_remote_interest_when_the_bus_is_down(prefix):
     await runner._merge_bus_interest()  # logged, not raised
     assert runner.extra_interest["bus:chart:x"] == {"005930"}
     await down.close()
+
+
+async def test_a_worker_without_the_runner_quotes_the_leaders_live_price(prefix):
+    """A paper order placed on any worker is priced at what its page shows: the bus's
+    live price, within the day's range; the source answers what the bus cannot."""
+    from brokers.paper.market import SimulatedMarket
+
+    source = SimulatedMarket(seed=7, always_open=True)
+    bus = RedisLiveBus(REDIS_URL, prefix=prefix)
+    market = LiveQuotedMarket(source, bus)
+    try:
+        own = await source.quote("005930")
+        live_price = own.high + 1_000  # a price the simulation never printed
+        await bus.publish({"005930": Snapshot(live_price, own.prev_close, T0)})
+        quote = await market.quote("005930")
+        assert (quote.price, quote.ts) == (live_price, T0)
+        assert quote.high == live_price and quote.low <= live_price
+        other = await market.quote("000660")  # nothing on the bus: the source's quote
+        assert other.price == (await source.quote("000660")).price
+        assert [s.code for s in await market.list_symbols()][:3] == [
+            s.code for s in (await source.list_symbols())[:3]
+        ]
+        down = LiveQuotedMarket(source, RedisLiveBus("redis://127.0.0.1:1/0", prefix=prefix))
+        assert (await down.quote("005930")).price == (await source.quote("005930")).price
+    finally:
+        await bus.close()
+        await source.close()
