@@ -85,7 +85,14 @@ class OpsCollector(Collector):
                 "Fencing token of the held leadership",
                 float(lead.fencing_token),
             )
-        yield _gauge("tickwatch_runner_active", "1 if a runner runs here", float(run.active))
+        here = run.active and st.runner_source == "local"
+        yield _gauge("tickwatch_runner_active", "1 if a runner runs here", float(here))
+        yield _gauge(
+            "tickwatch_runner_figures_from_leader",
+            "1 if the runner series below are the leader's, published on the live bus "
+            "(this worker does not run the engine)",
+            float(st.runner_source == "leader"),
+        )
         yield _counter("tickwatch_runner_ticks", "Ticks handled by this runner", run.ticks_seen)
         yield _counter(
             "tickwatch_runner_events_recorded", "Alert events written", run.events_recorded

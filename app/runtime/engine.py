@@ -18,6 +18,7 @@ from app import db
 from app.config import Settings
 from app.runtime.backtest_jobs import BacktestJobs, set_current_jobs
 from app.runtime.daily_digest import digest_jobs
+from app.runtime.live_bus import STATUS_EVERY
 from app.runtime.market_source import build_market
 from app.runtime.notifier_setup import build_notifiers
 from app.runtime.runner import Runner, UiSink, set_current_runner
@@ -49,6 +50,7 @@ async def run_engine(
         runner = Runner(settings, market, ui=ui, notifiers=notifiers)
         set_current_runner(runner)
         tasks.append(asyncio.create_task(runner.run(), name="runner"))
+        tasks.append(asyncio.create_task(_publish_status(runner), name="runner-status"))
         if backtests:
             # Only the leader sweeps: a standby marking "running" rows failed would fail
             # the jobs the leader is running right now.
@@ -77,3 +79,17 @@ async def run_engine(
             await market.close()
         set_current_runner(None)
         log.info("engine stopped")
+
+
+async def _publish_status(runner: Runner) -> None:
+    """The runner's figures on the live bus, for workers that do not run it."""
+    from app.services import ops_status
+
+    while True:
+        try:
+            await runner.bus.publish_status(ops_status.leader_payload(runner))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # health pages elsewhere go stale; nothing else
+            log.warning("could not publish the runner status: %r", exc)
+        await asyncio.sleep(STATUS_EVERY)

@@ -44,6 +44,9 @@ SNAPSHOT_TTL = 120
 """Seconds a symbol's snapshot outlives the leader that wrote it (a stale price is
 better than none; a price older than this is not shown as live)."""
 KEY_PREFIX = "tickwatch"
+STATUS_TTL = 10.0
+"""Seconds the leader's published figures count as current (it publishes every 2 s)."""
+STATUS_EVERY = 2.0
 
 
 def candle_to_json(c: Candle) -> dict[str, Any]:
@@ -165,6 +168,15 @@ class LiveBus(Protocol):
 
     async def snapshots(self, symbols: list[str]) -> dict[str, Snapshot]: ...
 
+    async def publish_status(self, status: dict[str, Any]) -> None:
+        """Engine side: the runner's figures, for health, metrics and the admin page
+        of workers that do not run it."""
+        ...
+
+    async def leader_status(self) -> dict[str, Any] | None:
+        """The last figures the leader published, or None if none are fresh."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -174,6 +186,7 @@ class LocalLiveBus:
 
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[QuoteViews]] = set()
+        self._status: tuple[float, dict[str, Any]] | None = None
 
     async def declare(self, consumer: str, symbols: Iterable[str]) -> None:
         from app.runtime.runner import current_runner
@@ -209,6 +222,14 @@ class LocalLiveBus:
         runner = current_runner()
         return {} if runner is None else runner.live_snapshots(symbols)
 
+    async def publish_status(self, status: dict[str, Any]) -> None:
+        self._status = (time.monotonic(), status)
+
+    async def leader_status(self) -> dict[str, Any] | None:
+        if self._status is None or time.monotonic() - self._status[0] > STATUS_TTL:
+            return None
+        return self._status[1]
+
     async def close(self) -> None:
         return None
 
@@ -224,6 +245,7 @@ class RedisLiveBus:
         self.interest_key = f"{prefix}:interest"
         self.snapshot_prefix = f"{prefix}:live:"
         self.quotes_channel = f"{prefix}:quotes"
+        self.status_key = f"{prefix}:leader-status"
         self._url = redis_url
 
     async def declare(self, consumer: str, symbols: Iterable[str]) -> None:
@@ -304,6 +326,19 @@ class RedisLiveBus:
             except (ValueError, KeyError, TypeError):
                 log.warning("unreadable live snapshot for %s; ignored", symbol)
         return out
+
+    async def publish_status(self, status: dict[str, Any]) -> None:
+        await self._client.set(self.status_key, json.dumps(status), ex=int(STATUS_TTL))
+
+    async def leader_status(self) -> dict[str, Any] | None:
+        raw = await self._client.get(self.status_key)
+        if raw is None:
+            return None
+        try:
+            status = json.loads(raw)
+        except ValueError:
+            return None
+        return status if isinstance(status, dict) else None
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -2,9 +2,12 @@
 
 All three show the same numbers so an operator never has to reconcile two views.
 Database figures (outbox, delivery failures, strategy attachments, backtest queue)
-are read at call time and are the same from every worker; runner figures (ticks,
-broker sessions) are the plain counters of the runner living in *this* process,
-so only the leader reports them non-zero. Nothing here touches the tick path.
+are read at call time and are the same from every worker. Runner figures (ticks,
+broker sessions) are the plain counters of the runner; a worker that does not run
+it reports the figures the leader publishes on the live bus every few seconds
+(``runner_source = "leader"``), so a scrape or a status page served by any of
+several workers behind one port shows the same runner. Leadership is always this
+process's own. Nothing here touches the tick path.
 
 No user ids, e-mails, symbol codes or error texts leave this module: it reports
 counts and states only, because /api/health is public.
@@ -12,7 +15,7 @@ counts and states only, because /api/health is public.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, func, literal, text
@@ -37,6 +40,7 @@ from app.models.strategies import (
     StrategyAttachment,
 )
 from app.runtime.leader import current_leadership
+from app.runtime.live_bus import get_live_bus
 from app.runtime.runner import Runner, current_runner
 from brokers.kis.market import KisMarketData
 
@@ -93,6 +97,9 @@ class RunnerFigures:
     strategy_signals: int = 0
     strategy_orders: int = 0
     strategy_failures: int = 0
+    paper_accounts_open: int = 0
+    upstream_fill: str = ""
+    """How full each upstream session is, "40/40 · 20/40" (∞: the simulated market)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,10 @@ class OpsStatus:
     failures: dict[str, ChannelFailures] = field(default_factory=dict)
     attachments: dict[str, int] = field(default_factory=dict)
     backtests: dict[str, int] = field(default_factory=dict)
+    runner_source: str = "local"
+    """Where ``runner`` and ``sessions`` come from: ``local`` (the runner in this
+    process, or none: ``active`` says which) or ``leader`` (this worker does not run
+    the engine; the leader's figures as it published them on the live bus)."""
 
     def health_body(self) -> dict[str, object]:
         """The public /api/health document: counts and states only."""
@@ -229,7 +240,38 @@ def runner_figures(runner: Runner | None) -> RunnerFigures:
         strategy_signals=desk.signals,
         strategy_orders=desk.orders,
         strategy_failures=desk.failures,
+        paper_accounts_open=len(runner.paper.brokers),
+        upstream_fill=_fill_text(runner),
     )
+
+
+def _fill_text(runner: Runner) -> str:
+    parts = []
+    for sess in runner.hub.status()["sessions"]:  # type: ignore[union-attr]
+        cap = "∞" if sess["capacity"] is None else str(sess["capacity"])
+        parts.append(f"{sess['symbols']}/{cap}")
+    return " · ".join(parts)
+
+
+def leader_payload(runner: Runner) -> dict[str, object]:
+    """What the leader publishes for the workers that do not run the engine."""
+    return {
+        "runner": asdict(runner_figures(runner)),
+        "sessions": [asdict(s) for s in broker_sessions(runner)],
+    }
+
+
+async def _borrowed() -> tuple[RunnerFigures, list[BrokerSession]] | None:
+    """The leader's figures from the bus; None if none are fresh or it is unreachable."""
+    try:
+        payload = await get_live_bus().leader_status()
+        if not payload:
+            return None
+        figures = RunnerFigures(**payload["runner"])  # type: ignore[arg-type]
+        sessions = [BrokerSession(**s) for s in payload["sessions"]]  # type: ignore[union-attr]
+    except Exception:
+        return None
+    return figures, sessions
 
 
 def _channel_kind() -> object:
@@ -331,7 +373,13 @@ async def gather(
     lead = leadership(runner)
     figures = runner_figures(runner)
     sessions = broker_sessions(runner) if runner is not None else []
+    source = "local"
+    if runner is None and use_current_runner and (borrowed := await _borrowed()) is not None:
+        figures, sessions = borrowed
+        source = "leader"
     if not await database_ok():
-        return OpsStatus(False, lead, figures, sessions)
+        return OpsStatus(False, lead, figures, sessions, runner_source=source)
     outbox, failures, attachments, backtests = await _database_figures(now or utcnow())
-    return OpsStatus(True, lead, figures, sessions, outbox, failures, attachments, backtests)
+    return OpsStatus(
+        True, lead, figures, sessions, outbox, failures, attachments, backtests, source
+    )

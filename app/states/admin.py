@@ -17,22 +17,12 @@ from app.models.strategies import (
     STATE_RUNNING,
 )
 from app.models.users import User
-from app.runtime.runner import current_runner
 from app.services import admin as admin_service
 from app.services import audit, ops_status
 from app.services.errors import PermissionDenied, ServiceError, ValidationFailed
 from app.states.session import SessionState
 
 KST = ZoneInfo("Asia/Seoul")
-
-
-def _sessions_text(status: dict) -> str:
-    """ "40/40 · 20/40": how full each upstream session is (∞ for the simulated market)."""
-    parts = []
-    for sess in status["sessions"]:
-        cap = "∞" if sess["capacity"] is None else str(sess["capacity"])
-        parts.append(f"{sess['symbols']}/{cap}")
-    return " · ".join(parts)
 
 
 def _ops_view(ops: ops_status.OpsStatus, t: Callable[[str], str]) -> dict[str, str]:
@@ -188,7 +178,7 @@ class AdminState(rx.State):
         except ServiceError as exc:
             return self._fail(session, exc)
         ops = await ops_status.gather()
-        runner = current_runner()
+        run = ops.runner
         self.status = {
             "users": str(st.users),
             "active_sessions": str(st.active_sessions),
@@ -196,12 +186,13 @@ class AdminState(rx.State):
             "events_today": str(st.events_today),
             "deliveries_pending": str(st.deliveries_pending),
             "deliveries_dead": str(st.deliveries_dead),
-            "runner": "on" if runner else "off",
-            "subscribed": str(len(runner.subscribed)) if runner else "0",
-            "ticks_seen": str(runner.ticks_seen) if runner else "0",
-            "upstream_sessions": _sessions_text(runner.hub.status()) if runner else "0",
-            "symbols_waiting": str(len(runner.hub.pending)) if runner else "0",
-            "paper_accounts_open": str(len(runner.paper.brokers)) if runner else "0",
+            # The runner's figures whichever worker serves this page (ops_status).
+            "runner": "on" if run.active else "off",
+            "subscribed": str(run.subscribed),
+            "ticks_seen": str(run.ticks_seen),
+            "upstream_sessions": run.upstream_fill or "0",
+            "symbols_waiting": str(run.symbols_waiting),
+            "paper_accounts_open": str(run.paper_accounts_open),
             **_ops_view(ops, session._t),
         }
         self.failures = [

@@ -166,3 +166,46 @@ async def test_without_a_token_only_direct_loopback_may_scrape():
         proxied = await client.get("/metrics", headers={"X-Forwarded-For": "198.51.100.7"})
         assert proxied.status_code == 403
         assert (await client.get("/metrics")).status_code == 200
+
+
+@pytest.mark.usefixtures("no_metrics_token")
+async def test_a_worker_without_the_runner_reports_the_leaders_published_figures():
+    """Several workers share one port, so a scrape lands on any of them: a worker that
+    does not run the engine serves the figures the leader published on the live bus
+    (real Redis), marked as such, and never claims the runner runs in it."""
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from app.runtime import live_bus
+    from app.runtime.live_bus import RedisLiveBus
+    from app.services import ops_status
+
+    await seed_symbols()
+    prefix = f"test-status:{uuid.uuid4().hex}"
+    bus = RedisLiveBus("redis://127.0.0.1:6379/0", prefix=prefix)
+    leader = Runner(settings(), ReplayMarket(ticks("005930", [70_000, 70_100]), SYMBOLS), bus=bus)
+    await leader.sync_once()
+    for tick in ticks("005930", [70_000, 70_100, 70_200]):
+        await leader.handle_tick(tick)
+    await bus.publish_status(ops_status.leader_payload(leader))
+    set_current_runner(None)
+    live_bus.set_live_bus(bus)
+    try:
+        status = await ops_status.gather()
+        assert status.runner_source == "leader"
+        assert status.runner.ticks_seen == 3 and status.runner.active
+        assert [s.state for s in status.sessions] == ["simulated"]
+        samples = await _scrape()
+        assert _value(samples, "tickwatch_runner_figures_from_leader") == 1.0
+        assert _value(samples, "tickwatch_runner_ticks_total") == 3.0
+        assert _value(samples, "tickwatch_runner_active") == 0.0  # not here
+        assert _value(samples, "tickwatch_runner_leader") == 0.0
+
+        await aioredis.from_url("redis://127.0.0.1:6379/0").delete(f"{prefix}:leader-status")
+        status = await ops_status.gather()  # nothing fresh: no runner figures at all
+        assert status.runner_source == "local" and not status.runner.active
+    finally:
+        live_bus.set_live_bus(None)
+        await bus.close()
+        await leader.market.close()
