@@ -40,17 +40,27 @@ async def default_watchlist(session: AsyncSession, user_id: int) -> Watchlist:
 
 
 async def list_rows(session: AsyncSession, user_id: int) -> list[WatchRow]:
+    return (await rows_of_users(session, [user_id])).get(user_id, [])
+
+
+async def rows_of_users(session: AsyncSession, user_ids: list[int]) -> dict[int, list[WatchRow]]:
+    """Several users' rows in one query (a worker re-reading the watchlists of every
+    user it serves); users without rows are absent."""
+    if not user_ids:
+        return {}
     stmt = (
-        select(WatchlistItem, Symbol)
+        select(WatchlistItem, Symbol, Watchlist.user_id)
         .join(Watchlist, col(Watchlist.id) == col(WatchlistItem.watchlist_id))
         .join(Symbol, col(Symbol.code) == col(WatchlistItem.symbol))
-        .where(Watchlist.user_id == user_id)
-        .order_by(col(WatchlistItem.position), col(WatchlistItem.id))
+        .where(col(Watchlist.user_id).in_(user_ids))
+        .order_by(col(Watchlist.user_id), col(WatchlistItem.position), col(WatchlistItem.id))
     )
-    return [
-        WatchRow(item.id or 0, s.code, s.name_ko, s.name_en, s.market)
-        for item, s in (await session.exec(stmt)).all()
-    ]
+    out: dict[int, list[WatchRow]] = {}
+    for item, s, uid in (await session.exec(stmt)).all():
+        out.setdefault(uid, []).append(
+            WatchRow(item.id or 0, s.code, s.name_ko, s.name_en, s.market)
+        )
+    return out
 
 
 async def add(session: AsyncSession, user_id: int, query: str) -> Symbol:

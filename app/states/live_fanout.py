@@ -38,6 +38,7 @@ from app.services import watchlist as watchlist_service
 log = logging.getLogger(__name__)
 
 ROWS_REFRESH = 3.0
+ROWS_BATCH = 500
 RETRY_MAX = 10.0
 EMPTY_QUOTE = {"price": "", "change": "", "diff": "", "dir": "flat", "at": ""}
 
@@ -67,6 +68,8 @@ class _User:
 class LiveFanout:
     def __init__(self) -> None:
         self.users: dict[int, _User] = {}
+        self.by_code: dict[str, set[int]] = {}
+        """code -> this worker's users watching it: a push touches only those."""
         self.tab_user: dict[str, int] = {}
         self.symbol_tabs: dict[str, str] = {}
         """client token -> the code its symbol page shows."""
@@ -75,8 +78,10 @@ class LiveFanout:
     # ---- registration (from state handlers, in the tab's own worker) ----------------
     def set_rows(self, user_id: int, rows: list[dict[str, str]], quotes: QuoteViews) -> None:
         user = self.users.setdefault(user_id, _User())
+        codes = frozenset(r["code"] for r in rows)
+        self._index(user_id, user.codes, codes)
         user.rows = rows
-        user.codes = frozenset(r["code"] for r in rows)
+        user.codes = codes
         user.quotes = {c: v for c, v in {**user.quotes, **quotes}.items() if c in user.codes}
 
     def watch(self, token: str, user_id: int) -> None:
@@ -92,6 +97,16 @@ class LiveFanout:
     def unfollow_symbol(self, token: str) -> None:
         self.symbol_tabs.pop(token, None)
 
+    def _index(self, user_id: int, before: frozenset[str], after: frozenset[str]) -> None:
+        for code in before - after:
+            watchers = self.by_code.get(code)
+            if watchers is not None:
+                watchers.discard(user_id)
+                if not watchers:
+                    del self.by_code[code]
+        for code in after - before:
+            self.by_code.setdefault(code, set()).add(user_id)
+
     def _drop_tab(self, token: str) -> None:
         user_id = self.tab_user.pop(token, None)
         self.symbol_tabs.pop(token, None)
@@ -99,6 +114,7 @@ class LiveFanout:
         if user is not None:
             user.tabs.discard(token)
             if not user.tabs:
+                self._index(user_id, user.codes, frozenset())  # type: ignore[arg-type]
                 del self.users[user_id]  # type: ignore[arg-type]
 
     # ---- delivery ---------------------------------------------------------------------
@@ -121,7 +137,11 @@ class LiveFanout:
 
         live_name = LiveState.get_full_name()
         sent = 0
-        for user in list(self.users.values()):
+        touched = {uid for code in views for uid in self.by_code.get(code, ())}
+        for user_id in sorted(touched):
+            user = self.users.get(user_id)
+            if user is None:
+                continue
             moved = user.codes.intersection(views)
             if not moved:
                 continue
@@ -153,12 +173,19 @@ class LiveFanout:
             return 0
 
     async def refresh_rows(self) -> None:
-        """Re-read the watchlists of this worker's users (edits made in other workers)."""
-        for user_id in list(self.users):
+        """Re-read the watchlists of this worker's users (edits made in other workers),
+        ``ROWS_BATCH`` users a query. Users with no tab here any more are dropped (a
+        watchlist edit registers its user even when their tabs live elsewhere)."""
+        for user_id in [u for u, user in self.users.items() if not user.tabs]:
+            self._index(user_id, self.users.pop(user_id).codes, frozenset())
+        users = sorted(self.users)
+        for i in range(0, len(users), ROWS_BATCH):
+            batch = users[i : i + ROWS_BATCH]
             async with db.session() as s:
-                rows = [row_view(r) for r in await watchlist_service.list_rows(s, user_id)]
-            if user_id in self.users:
-                self.set_rows(user_id, rows, {})
+                found = await watchlist_service.rows_of_users(s, batch)
+            for user_id in batch:
+                if user_id in self.users:
+                    self.set_rows(user_id, [row_view(r) for r in found.get(user_id, [])], {})
 
 
 FANOUT = LiveFanout()

@@ -164,3 +164,49 @@ async def test_a_symbol_goes_out_at_once_then_at_most_once_per_interval_with_its
             task.cancel()
         await asyncio.gather(listener, loop_task, return_exceptions=True)
         await runner.market.close()
+
+
+async def test_a_push_touches_only_the_users_watching_a_moved_symbol_and_rows_refresh():
+    """The code index: 300 users on another symbol cost nothing when one moves; a user
+    whose last tab closed leaves the index; rows re-read in one batch follow edits
+    made elsewhere (here: straight in the database)."""
+    sockets = Sockets()
+    app = SimpleNamespace(event_namespace=sockets)
+    fan = LiveFanout()
+    for uid in range(1, 301):
+        fan.set_rows(uid, _rows("000660"), {})
+        fan.watch(f"t{uid}", uid)
+        sockets.connect(f"t{uid}")
+    fan.set_rows(999, _rows("005930"), {})
+    fan.watch("mine", 999)
+    sockets.connect("mine")
+    assert fan.by_code["000660"] == set(range(1, 301))
+    assert await fan.deliver(app, {"005930": _view("70,000")}) == 1
+    del sockets.token_to_socket["mine"]
+    await fan.deliver(app, {"005930": _view("70,100")})  # the closed tab is found and dropped
+    assert "005930" not in fan.by_code and 999 not in fan.users
+    fan.set_rows(5, _rows("000660", "005930"), {})
+    assert fan.by_code["005930"] == {5}
+    fan.set_rows(5, _rows("005930"), {})
+    assert 5 not in fan.by_code["000660"] and fan.by_code["005930"] == {5}
+
+
+@pytest.mark.usefixtures("database")
+async def test_rows_are_reread_in_one_batch_and_tabless_users_are_dropped():
+    from app import db
+    from app.services import watchlist
+    from tests.integration.helpers import make_user
+
+    await seed_symbols()
+    alice = await make_user("alice@example.com")
+    bob = await make_user("bob@example.com")
+    fan = LiveFanout()
+    fan.set_rows(alice.id, [], {})
+    fan.watch("a", alice.id)
+    fan.set_rows(bob.id, [], {})  # a watchlist edit here, bob's tabs are elsewhere
+    async with db.session() as s:
+        await watchlist.add(s, alice.id, "005930")
+        await watchlist.add(s, alice.id, "000660")
+    await fan.refresh_rows()
+    assert [r["code"] for r in fan.users[alice.id].rows] == ["005930", "000660"]
+    assert bob.id not in fan.users and fan.by_code["005930"] == {alice.id}
