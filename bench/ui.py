@@ -354,7 +354,9 @@ def scan_log(path: Path) -> LogFacts:
             facts.leader_pids.add(int(record.get("pid", 0)))
         facts.leader_changes += msg.startswith(LEADER_ENDED)
         facts.errors += record.get("level") in ("ERROR", "CRITICAL")
-        facts.push_failures += msg.startswith(("UI push failed", "price push to user"))
+        facts.push_failures += msg.startswith(
+            ("UI push failed", "price push to a tab failed", "live bus publish failed")
+        )
     return facts
 
 

@@ -28,7 +28,7 @@ from app.models.rules import RULE_ACTIVE, RULE_EXPIRED, AlertRule
 from app.models.watchlists import Watchlist, WatchlistItem
 from app.runtime.delivery import DeliveryWorker
 from app.runtime.hub import MarketHub
-from app.runtime.live_bus import LiveBus, Snapshot, bus_for, quote_view
+from app.runtime.live_bus import LiveBus, Snapshot, bus_for
 from app.runtime.outbox import ConditionFiring, PriceFiring, RuleMeta, TickFiring, record_tick
 from app.runtime.paper_desk import PaperDesk
 from app.runtime.strategy_desk import StrategyDesk
@@ -80,9 +80,6 @@ class LiveQuote:
     prev_close: int
     ts: datetime | None
     session_date: date | None
-
-    def view(self) -> dict[str, str]:
-        return quote_view(self.price, self.prev_close, self.ts)
 
 
 class Runner:
@@ -667,10 +664,6 @@ class Runner:
         """Closed candles not yet stored, and the bar still forming, for a chart."""
         pending = [c for c in self._candles if c.symbol == symbol and c.timeframe == tf]
         return pending, self.conditions.agg.current(symbol, tf)
-
-    def snapshot(self, codes: list[str]) -> dict[str, dict[str, str]]:
-        """Current prices for a page that just opened, before the next push."""
-        return {c: self.quotes[c].view() for c in codes if c in self.quotes}
 
 
 async def _let_finish(write: asyncio.Future[object]) -> None:
