@@ -130,10 +130,11 @@ class LiveFanout:
 
         def local(token: str) -> bool:
             record = sockets.get(token)
-            if record is None:  # disconnected: forget it
+            if record is None or record.instance_id != me:
+                # Gone, or reconnected to another worker, which registered it there.
                 self._drop_tab(token)
                 return False
-            return record.instance_id == me
+            return True
 
         live_name = LiveState.get_full_name()
         sent = 0

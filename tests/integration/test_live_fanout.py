@@ -81,6 +81,7 @@ async def test_each_local_tab_gets_only_its_users_symbols_with_the_whole_view():
     # the tab's dict is whole: the earlier 005930 price stays next to the new one
     assert got["a1"] == {"005930": _view("70,100"), "000660": _view("180,500")}
     assert got["b1"] == {"000660": _view("180,500")}
+    assert "far" not in got and "far" not in fan.tab_user  # its socket is another worker's
 
 
 async def test_disconnected_tabs_are_forgotten_and_a_reused_token_changes_user():
