@@ -78,6 +78,11 @@ def _provider_button(provider: rx.Var) -> rx.Component:
         color=_style(provider, "color"),
         border=_style(provider, "border"),
         text_decoration="none",
+        # The link's ?next= comes from the router state, which arrives with hydration;
+        # a tap before that would sign in and land on / instead of the deep link (the
+        # OAuth e2e saw it on a loaded machine). Until then the buttons do not react.
+        pointer_events=rx.cond(rx.State.is_hydrated, "auto", "none"),
+        opacity=rx.cond(rx.State.is_hydrated, "1", "0.6"),
     )
 
 

@@ -68,8 +68,19 @@ async def _controlled_page(ctx: BrowserContext, url: str) -> Page:
     page = await ctx.new_page()
     await page.goto(url)
     await asyncio.wait_for(page.evaluate(SW_READY), 30)
-    await page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=30_000)
+    await _until(page, "navigator.serviceWorker.controller !== null", 30)
     return page
+
+
+async def _until(page: Page, expression: str, timeout: float) -> None:
+    """Poll with ``evaluate``: ``wait_for_function`` re-evaluates a string in the page,
+    which the app's CSP (no 'unsafe-eval') refuses once the first check is false."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await page.evaluate(expression):
+        if loop.time() > deadline:
+            raise AssertionError(f"{expression} still false after {timeout:.0f} s")
+        await asyncio.sleep(0.1)
 
 
 async def _signed_in(ctx: BrowserContext, base: str) -> Page:
@@ -78,7 +89,7 @@ async def _signed_in(ctx: BrowserContext, base: str) -> Page:
     await page.wait_for_url(f"{base}/", timeout=60_000)
     await expect(page.locator("#lang-toggle")).to_be_visible(timeout=30_000)
     await asyncio.wait_for(page.evaluate(SW_READY), 30)
-    await page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=30_000)
+    await _until(page, "navigator.serviceWorker.controller !== null", 30)
     return page
 
 
@@ -233,7 +244,7 @@ async def test_app_shell_opens_offline(running_app: RunningApp, context: Browser
         await expect(page.locator(BRAND)).to_have_text(APP_NAME_KO, timeout=15_000)
         await expect(page.locator("a[href='/rules']").first).to_be_visible()
         # the cached scripts ran too: the route modules loaded and pwa.js is back
-        await page.wait_for_function("window.__reactRouterRouteModules !== undefined")
+        await _until(page, "window.__reactRouterRouteModules !== undefined", 30)
         assert await page.evaluate("typeof window.tickwatchPush") == "object"
         await shot(page, "pwa-offline", 1280)
         await page.set_viewport_size({"width": 390, "height": 844})
