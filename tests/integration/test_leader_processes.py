@@ -56,6 +56,7 @@ def _env(database: str, **extra: str) -> dict[str, str]:
         "VAULT_ACTIVE_KEY": "k",
         "VAULT_KEYS_FILE": "",
         "LOG_LEVEL": "WARNING",
+        "LOG_JSON": "false",  # the lines are read as text below
         "MARKET_DATA_SOURCE": "simulated",
         "MARKET_TICK_INTERVAL": "0.2",
         "SMTP_HOST": "",
