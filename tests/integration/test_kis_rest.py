@@ -381,7 +381,10 @@ async def test_rate_limit_measured_at_the_fake(kis_factory, paper: bool, calls: 
     assert worst == limit  # never more, and the budget is used
     windows = math.ceil(calls / limit) - 1
     assert elapsed >= windows * 1.0
-    assert elapsed <= windows * 1.1 + 1.5  # not absurdly slow
+    # Not absurdly slow: a limiter that serialised or over-waited would take tens of
+    # seconds. The margin is wide because the full CI session runs this on 2 cores next
+    # to the session-long e2e app: 4.6 s twice there, 2.1-2.3 s alone.
+    assert elapsed <= windows * 1.1 + 4.0
 
 
 async def test_fake_enforces_its_own_rate_limit(kis_factory):
