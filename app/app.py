@@ -30,6 +30,7 @@ from app.pages.settings import settings_page
 from app.pages.strategies import strategies_page
 from app.pages.symbol import symbol_page
 from app.pages.watchlist import watchlist_page
+from app.runtime.background import running
 from app.runtime.engine import run_engine
 from app.runtime.leader import LeaderElection, build_lock
 from app.states.admin import AdminState
@@ -73,13 +74,10 @@ async def runner_lifespan(app: rx.App) -> AsyncIterator[None]:
     async def lead() -> None:
         await run_engine(settings, ui=ReflexUiSink(app))
 
-    task = asyncio.create_task(election.run(lead), name="leader-election")
     try:
-        yield
+        async with running(**{"leader-election": election.run(lead)}):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
         await db.dispose()
 
 
@@ -97,13 +95,8 @@ async def portfolio_refresh_lifespan(app: rx.App) -> AsyncIterator[None]:
             except Exception:
                 log.exception("portfolio page refresh failed")
 
-    task = asyncio.create_task(loop(), name="portfolio-refresh")
-    try:
+    async with running(**{"portfolio-refresh": loop()}):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
 
 
 def _load_strategy_plugins() -> None:

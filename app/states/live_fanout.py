@@ -32,6 +32,7 @@ from reflex.state import StateUpdate
 from reflex_base.constants.state import FIELD_MARKER
 
 from app import db
+from app.runtime.background import running
 from app.runtime.live_bus import QuoteViews, get_live_bus
 from app.services import watchlist as watchlist_service
 
@@ -221,15 +222,5 @@ async def _keep_rows() -> None:
 @contextlib.asynccontextmanager
 async def fanout_lifespan(app: rx.App) -> AsyncIterator[None]:
     """In every worker, leader or not: its tabs get their prices from here."""
-    tasks = [
-        asyncio.create_task(_consume(app), name="live-fanout"),
-        asyncio.create_task(_keep_rows(), name="live-fanout-rows"),
-    ]
-    try:
+    async with running(**{"live-fanout": _consume(app), "live-fanout-rows": _keep_rows()}):
         yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
