@@ -35,6 +35,7 @@ __all__ = [
     "Fill",
     "MarketClosed",
     "MarketData",
+    "MinuteHistory",
     "OrderAck",
     "OrderRejected",
     "OrderRequest",
@@ -316,6 +317,21 @@ class MarketData(Protocol):
 
     async def close(self) -> None:
         """Release connections and end any running :meth:`ticks` iterator."""
+        ...
+
+
+@runtime_checkable
+class MinuteHistory(Protocol):
+    """A market-data source that can say, after the fact, how today's minutes traded.
+
+    A runner taking over from one that died rebuilds the bars it did not see from
+    this (the ticks of the takeover gap are gone from any stream). Optional: a source
+    without it (the simulated market) gives a successor bars from its own ticks only.
+    """
+
+    async def minute_bars(self, symbol: str, since: datetime | None) -> list[Candle]:
+        """Today's 1m candles of ``symbol`` starting at or after ``since`` (all of
+        today's if None), oldest first. The last one may still be forming."""
         ...
 
 

@@ -292,3 +292,67 @@ class CandleAggregator:
         """The candle still being built (not closed), for display; ``None`` if none."""
         bar = self._open.get((symbol, timeframe))
         return None if bar is None else bar.candle(symbol, timeframe)
+
+    def seed(self, candle: Candle) -> bool:
+        """Start ``candle``'s bucket as the open bar, with its open, high, low and volume.
+
+        For a runner taking over from one that died: the ticks of the forming bar it
+        never saw come back as a partial candle from the broker's minute chart, and the
+        next ticks carry on from it, so the bar closes whole rather than as the part the
+        successor happened to see. Refused (False) when a bar of that symbol and
+        timeframe is already open or its bucket is closed: ticks seen here win.
+        """
+        if candle.timeframe not in self.timeframes:
+            raise ValueError(f"timeframe {candle.timeframe} is not aggregated here")
+        if candle.start.utcoffset() is None:
+            raise ValueError(f"candle start must be timezone-aware, got {candle.start!r}")
+        if not (
+            0 < candle.low <= min(candle.open, candle.close)
+            and max(candle.open, candle.close) <= candle.high
+            and candle.volume >= 0
+        ):
+            raise ValueError(f"candle prices are inconsistent: {candle}")
+        key = (candle.symbol, candle.timeframe)
+        start, end = candle.timeframe.bucket(candle.start)
+        if start != candle.start:
+            raise ValueError(f"{candle.start} does not label a {candle.timeframe} bucket")
+        if key in self._open or (key in self._closed_until and end <= self._closed_until[key]):
+            return False
+        bar = _Bar(candle.timeframe, candle.start, candle.open, candle.volume)
+        bar.high, bar.low, bar.close = candle.high, candle.low, candle.close
+        self._open[key] = bar
+        return True
+
+
+def roll_up(minutes: Iterable[Candle], timeframe: Timeframe) -> list[Candle]:
+    """1-minute candles merged into ``timeframe`` buckets, oldest first.
+
+    An intraday bucket is whole only when every traded minute of it is given; the
+    caller decides which buckets it holds in full. Minutes of another timeframe or
+    symbol, or out of time order, are refused rather than merged into a wrong bar.
+    """
+    if timeframe.minutes is None:
+        raise ValueError(f"only intraday timeframes roll up from minutes, not {timeframe}")
+    out: list[Candle] = []
+    current: tuple[str, datetime, int, int, int, int, int] | None = None
+    last: datetime | None = None
+    for m in minutes:
+        if m.timeframe is not Timeframe.M1:
+            raise ValueError(f"roll_up takes 1m candles, got {m.timeframe}")
+        if last is not None and m.start <= last:
+            raise ValueError(f"minutes out of order at {m.start}")
+        if current is not None and m.symbol != current[0]:
+            raise ValueError(f"roll_up takes one symbol's minutes, got {current[0]} and {m.symbol}")
+        last = m.start
+        start = timeframe.bucket(m.start)[0]
+        if current is not None and current[1] != start:
+            out.append(Candle(current[0], timeframe, *current[1:]))
+            current = None
+        if current is None:
+            current = (m.symbol, start, m.open, m.high, m.low, m.close, m.volume)
+        else:
+            sym, st, o, h, lo, _c, v = current
+            current = (sym, st, o, max(h, m.high), min(lo, m.low), m.close, v + m.volume)
+    if current is not None:
+        out.append(Candle(current[0], timeframe, *current[1:]))
+    return out

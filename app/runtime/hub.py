@@ -277,6 +277,15 @@ class MarketHub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, PUMP_RETRY_MAX)
 
+    async def minute_bars(self, symbol: str, since: datetime | None) -> list[Candle]:
+        """:class:`brokers.base.MinuteHistory` of the session holding ``symbol``; empty
+        when that source keeps no minute chart (the successor then has its own ticks)."""
+        up = self._placed.get(symbol, self.upstreams[0])
+        history = getattr(up.source, "minute_bars", None)
+        if history is None:
+            return []
+        return await history(symbol, since)
+
     # ---- gap-repaired candles (sources that offer them: KIS) ---------------------------
     def close_candles_until(self, ts: datetime) -> None:
         for up in self.upstreams:

@@ -26,6 +26,7 @@ from app.models.common import utcnow
 from app.models.market import Symbol
 from app.models.rules import RULE_ACTIVE, RULE_EXPIRED, AlertRule
 from app.models.watchlists import Watchlist, WatchlistItem
+from app.runtime import bar_recovery
 from app.runtime.delivery import DeliveryWorker
 from app.runtime.hub import MarketHub
 from app.runtime.live_bus import LiveBus, Snapshot, bus_for
@@ -127,6 +128,7 @@ class Runner:
         self._candles: list[Candle] = []
         self._clock: tuple[datetime, float] | None = None  # (last tick ts, loop time)
         self.candles_stored = 0
+        self._bars_recovered = False
 
     # ---- lifecycle -------------------------------------------------------
     async def run(self) -> None:
@@ -225,7 +227,34 @@ class Runner:
             self.extra_interest.pop("strategies", None)
         await self._merge_bus_interest()
         await self._resubscribe()
+        if not self._bars_recovered:
+            await self._recover_bars()
+            self._bars_recovered = True
         await self._warm_up()
+
+    async def _recover_bars(self) -> None:
+        """Before the first tick: the bars a runner that died was building or had not
+        stored, from the broker's minute chart (``bar_recovery``). Stored first, so
+        the rules' indicators warm up on them; then to the strategies as bars closed
+        live, except those too old for an order to be placed on."""
+        symbols = self.strategies.symbols() | self.conditions.symbols() | self._charted()
+        if not symbols:
+            return
+        got = await bar_recovery.recover(
+            self.hub.minute_bars, symbols, self.conditions.agg.timeframes
+        )
+        for bar in got.forming:
+            self.conditions.agg.seed(bar)
+        if not got.closed:
+            return
+        async with db.session() as s:
+            self.candles_stored += await candle_store.store(s, got.closed)
+        newest = max(c.start + c.timeframe.span for c in got.closed + got.forming)
+        max_age = timedelta(seconds=self.settings.strategy_order_max_age_seconds)
+        try:
+            await self.strategies.catch_up(got.closed, live_after=newest - max_age)
+        except Exception:
+            log.exception("strategy desk failed on the rebuilt bars")
 
     async def _warm_up(self) -> None:
         """Stored candles into newly shared indicators, so a restarted or new rule

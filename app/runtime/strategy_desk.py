@@ -458,6 +458,19 @@ class StrategyDesk:
     # ---- feeding ------------------------------------------------------------------
 
     async def on_candles(self, candles: Iterable[Candle]) -> None:
+        await self._feed(candles, live_after=None)
+
+    async def catch_up(self, candles: Iterable[Candle], live_after: datetime) -> None:
+        """Bars a new leader rebuilt after a takeover (``bar_recovery``), oldest first.
+
+        Those that closed after ``live_after`` count as closed live: their signals
+        are placed, and a signal the old leader had already placed finds its order id
+        taken and places nothing. Older ones only warm the strategy up: an order on
+        them would be stale by the time it reached the broker.
+        """
+        await self._feed(candles, live_after=live_after)
+
+    async def _feed(self, candles: Iterable[Candle], live_after: datetime | None) -> None:
         for candle in candles:
             ids = self._by_bar.get((candle.symbol, candle.timeframe))
             if not ids:
@@ -469,12 +482,14 @@ class StrategyDesk:
                 ):
                     continue
                 slot.last_start = candle.start
+                closed_at = candle.start + candle.timeframe.span
                 try:
                     signals = slot.host.on_candle(candle)
                 except Exception as exc:
                     await self._fail(slot, exc)
                     continue
-                self._route(slot, signals, candle.close, candle.start + candle.timeframe.span)
+                if live_after is None or closed_at > live_after:  # else warm-up only
+                    self._route(slot, signals, candle.close, closed_at)
                 self._maybe_train(slot)
 
     async def on_tick(self, tick: Tick) -> None:

@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
@@ -300,6 +300,22 @@ async def recent(
     stmt = _select_series(symbol, timeframe).order_by(_TABLE.c.start.desc()).limit(limit)
     rows = (await session.exec(stmt)).all()
     return [_to_candle(r) for r in reversed(rows)]
+
+
+async def latest_starts(session: AsyncSession, symbol: str) -> dict[Timeframe, datetime]:
+    """The newest stored candle's start per timeframe of ``symbol``: where a runner
+    taking over starts rebuilding. One grouped read over the primary key."""
+    stmt = (
+        select(_TABLE.c.timeframe, func.max(_TABLE.c.start))
+        .where(_TABLE.c.symbol == symbol)
+        .group_by(_TABLE.c.timeframe)
+    )
+    rows = (await session.exec(stmt)).all()
+    out: dict[Timeframe, datetime] = {}
+    for tf, start in rows:
+        if start is not None and tf in Timeframe._value2member_map_:
+            out[Timeframe(tf)] = start if start.tzinfo else start.replace(tzinfo=UTC)
+    return out
 
 
 async def between(

@@ -15,7 +15,7 @@ from datetime import datetime
 from brokers.base import Quote, SymbolInfo, UnknownSymbol
 from brokers.kis.rest import KisRest
 from brokers.kis.stream import KisStream
-from engines.market import Candle, Tick
+from engines.market import KST, Candle, Tick
 
 
 class KisMarketData:
@@ -47,6 +47,16 @@ class KisMarketData:
 
     def ticks(self) -> AsyncIterator[Tick]:
         return self.stream.ticks()
+
+    async def minute_bars(self, symbol: str, since: datetime | None) -> list[Candle]:
+        """:class:`brokers.base.MinuteHistory`: today's minute chart, the forming bar
+        included, from ``since`` (a takeover rebuilds its bars from this)."""
+        if self._symbols and symbol not in self._symbols:
+            raise UnknownSymbol(symbol)
+        today = self.rest.clock.now().astimezone(KST).date()
+        if since is not None and since.astimezone(KST).date() < today:
+            since = None  # the chart is today's; older gaps stay as stored
+        return await self.rest.minute_candles(symbol, today, since=since, include_forming=True)
 
     def repaired_candles(self) -> AsyncIterator[Candle]:
         """Final 1m candles with outage minutes replaced by REST bars (``KisStream``)."""

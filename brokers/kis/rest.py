@@ -392,7 +392,13 @@ class KisRest:
         )
 
     async def minute_candles(
-        self, symbol: str, day: date, until_hhmmss: str | None = None
+        self,
+        symbol: str,
+        day: date,
+        until_hhmmss: str | None = None,
+        *,
+        since: datetime | None = None,
+        include_forming: bool = False,
     ) -> list[Candle]:
         """1-minute bars of ``day`` (KST) up to ``until_hhmmss``, oldest first, no duplicates.
 
@@ -400,7 +406,10 @@ class KisRest:
         ``FHKST03010230`` (120 a call); both are walked back by moving
         ``FID_INPUT_HOUR_1`` before the oldest bar received. ``until_hhmmss`` defaults
         to now for today and to 18:00 (the end of after-hours trading) for past
-        days. Today's bar that is still forming is left out: a Candle is a closed bar.
+        days. Today's bar that is still forming is left out unless
+        ``include_forming`` (a successor runner seeds its forming bar from it).
+        ``since`` ends the walk once it is covered and drops older bars, so a
+        takeover a few minutes after the last stored bar costs one call, not a day's.
         """
         self._check_symbol(symbol)
         now = self.clock.now()
@@ -444,7 +453,7 @@ class KisRest:
             if not same_day or len(same_day) < len(rows):
                 break  # nothing more, or the walk reached the previous day
             oldest = min(bar.start for bar in same_day).astimezone(KST)
-            if oldest.time() == time(0, 0):
+            if oldest.time() == time(0, 0) or (since is not None and oldest <= since):
                 break
             next_cursor = (oldest - timedelta(seconds=1)).strftime("%H%M%S")
             if next_cursor >= cursor:
@@ -452,9 +461,9 @@ class KisRest:
             cursor = next_cursor
         else:
             raise malformed(f"{tr_id}: more than {MAX_PAGES} pages")
-        if not past:  # drop the bar still forming
+        if not past and not include_forming:
             bars = {s: b for s, b in bars.items() if s + Timeframe.M1.span <= now}
-        return [bars[s] for s in sorted(bars)]
+        return [bars[s] for s in sorted(bars) if since is None or s >= since]
 
     # --- account ---------------------------------------------------------------------
 

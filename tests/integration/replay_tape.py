@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 
@@ -23,13 +24,15 @@ from app import db
 from app.cli import migrate
 from app.models.alerts import AlertEvent, Delivery
 from app.models.rules import AlertRule
+from app.models.strategies import UNRESOLVED_ORDER_STATES, StrategyOrder
 from app.runtime.engine import run_engine
 from app.services import rules as rules_service
 from app.services import watchlist
 from brokers.base import Quote, UnknownSymbol
 from brokers.paper.symbols import SYMBOLS
-from engines.market import Tick
+from engines.market import CandleAggregator, Tick, Timeframe
 from tests.integration.helpers import T0, make_user, seed_symbols, settings
+from tests.integration.test_strategy_kit import seed as seed_strategy
 
 SYMS = ("005930", "000660")
 RULES = [
@@ -52,6 +55,24 @@ def tape_ticks() -> list[Tick]:
         out.append(Tick(symbol="005930", price=a[i % len(a)], volume=10, ts=ts))
         out.append(Tick("000660", b[i % len(b)], 10, ts + timedelta(seconds=1)))
     return out
+
+
+def trend_ticks() -> list[Tick]:
+    """Ticks 10 s apart for an hour whose 1m closes swing in waves of twelve minutes:
+    a 5/10 moving-average cross trades about ten times over the tape's 60 bars, and
+    the price rules still fire. A second, shorter wave keeps bars from repeating."""
+    out: list[Tick] = []
+    b = [179_000, 180_500, 181_000, 179_500, 177_500, 178_500, 180_200, 179_000]
+    for i in range(360):
+        ts = T0 + timedelta(seconds=10 * i)
+        wave = round(12 * math.sin(2 * math.pi * i / 72) + 3 * math.sin(2 * math.pi * i / 17))
+        out.append(Tick("005930", 70_000 + 100 * wave, 10 + i % 7, ts))
+        out.append(Tick("000660", b[i % len(b)], 10, ts + timedelta(seconds=5)))
+    return out
+
+
+STRATEGY = {"fast": 5, "slow": 10, "fraction": 0.2}
+"""The paper strategy of the order replays: MA cross on 005930's 1m bars."""
 
 
 class Tape:
@@ -120,6 +141,17 @@ class TapeMarket:
                 return max(self.tape.next, fired[-1] + 1)
         return self.tape.next
 
+    async def minute_bars(self, symbol: str, since):  # noqa: ANN001, ANN201
+        """The exchange's minute chart: every tick handed out before where this view
+        resumes (the same cut as ``quote``), so a successor's rebuilt forming bar and
+        the ticks it then gets neither overlap nor leave a gap."""
+        agg = CandleAggregator([Timeframe.M1])
+        upto = await self._resume_index()
+        bars = [c for t in self.tape.ticks[:upto] if t.symbol == symbol for c in agg.on_tick(t)]
+        forming = agg.current(symbol, Timeframe.M1)
+        bars += [forming] if forming is not None else []
+        return [b for b in bars if since is None or b.start >= since]
+
     async def _resume_point(self) -> None:
         self.tape.next = await self._resume_index()
 
@@ -147,12 +179,17 @@ class TapeMarket:
 
 
 @contextlib.asynccontextmanager
-async def prepared_database(url: str) -> AsyncIterator[None]:
+async def prepared_database(url: str, *, strategy: bool = False) -> AsyncIterator[None]:
+    """The rules of ``RULES`` and, with ``strategy``, a paper MA cross (``STRATEGY``)."""
     await asyncio.to_thread(migrate, url)
     db.configure(url)
     try:
         await seed_symbols()
         user = await make_user()
+        if strategy:
+            await seed_strategy(
+                user_id=user.id, symbol="005930", timeframe="1m", params=STRATEGY, mode="paper"
+            )
         async with db.session() as s:
             for sym in SYMS:
                 await watchlist.add(s, user.id, sym)
@@ -183,10 +220,17 @@ async def settled(timeout: float = 20.0) -> None:
                     .where(col(Delivery.status).in_(["pending", "sending"]))
                 )
             ).one()
-        if not open_:
+            unresolved = (
+                await s.exec(
+                    select(func.count())
+                    .select_from(StrategyOrder)
+                    .where(col(StrategyOrder.state).in_(UNRESOLVED_ORDER_STATES))
+                )
+            ).one()
+        if not open_ and not unresolved:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError("deliveries still open")
+    raise AssertionError("deliveries or strategy orders still open")
 
 
 async def recorded_alerts() -> list[tuple[str, int, int, str]]:
@@ -200,14 +244,26 @@ async def recorded_alerts() -> list[tuple[str, int, int, str]]:
     return [(r.name, e.price, e.payload["fire_no"], e.fired_at.isoformat()) for e, r in rows]
 
 
-def engine_settings():  # noqa: ANN202
-    return settings(bar_close_interval=60.0, strategy_reconcile_interval=60.0)
+async def recorded_orders() -> list[tuple[str, str, str, int, str]]:
+    """Each strategy order as decided: id, side, signal, reference price, outcome.
+    (Quantities follow paper fills, whose tick depends on timing, so are left out.)"""
+    async with db.session() as s:
+        rows = (await s.exec(select(StrategyOrder).order_by(col(StrategyOrder.id)))).all()
+    return sorted((o.client_order_id, o.side, o.signal_key, o.ref_price, o.state) for o in rows)
 
 
-async def single_run() -> list[tuple[str, int, int, str]]:
-    tape = Tape(tape_ticks(), pace=0)
+def engine_settings(**overrides: object):  # noqa: ANN202
+    return settings(
+        **{"bar_close_interval": 60.0, "strategy_reconcile_interval": 60.0, **overrides}
+    )
+
+
+async def single_run(
+    ticks: list[Tick] | None = None, **overrides: object
+) -> list[tuple[str, int, int, str]]:
+    tape = Tape(ticks or tape_ticks(), pace=0)
     task = asyncio.create_task(
-        run_engine(engine_settings(), market=TapeMarket(tape), backtests=False)
+        run_engine(engine_settings(**overrides), market=TapeMarket(tape), backtests=False)
     )
     try:
         await asyncio.wait_for(tape.done.wait(), 60)

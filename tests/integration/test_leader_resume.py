@@ -15,6 +15,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import psycopg
 import pytest
@@ -24,8 +25,10 @@ from sqlmodel import select
 
 from app import db
 from app.models.alerts import AlertEvent
+from app.models.strategies import StrategyOrder
 from app.runtime.engine import run_engine
 from app.runtime.leader import LeaderElection, PgAdvisoryLock
+from engines.market import Tick
 from tests.conftest import PG_ADMIN_URL, _pg_conninfo
 from tests.integration.replay_tape import (
     Tape,
@@ -33,9 +36,11 @@ from tests.integration.replay_tape import (
     engine_settings,
     prepared_database,
     recorded_alerts,
+    recorded_orders,
     settled,
     single_run,
     tape_ticks,
+    trend_ticks,
 )
 
 
@@ -55,6 +60,70 @@ def pg_urls() -> Iterator[tuple[str, str]]:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@dataclass
+class Handover:
+    tape: Tape
+    alerts_before: int
+    orders_before: int
+    at_tick: int
+    seconds: float
+
+
+async def _replay_with_a_leader_kill(url: str, ticks: list[Tick], **overrides: object) -> Handover:
+    """Two engines stand for election; the leader's lock session is killed a third of
+    the way through the tape and the standby finishes it."""
+    tape = Tape(ticks, pace=0.004)
+    name = f"test-resume:{uuid.uuid4().hex}"
+    elections = [
+        LeaderElection(PgAdvisoryLock(url, name=name), lease=1.5, retry=0.1, publish=False)
+        for _ in range(2)
+    ]
+
+    def lead():  # noqa: ANN202
+        return run_engine(engine_settings(**overrides), market=TapeMarket(tape), backtests=False)
+
+    first = asyncio.create_task(elections[0].run(lead))
+    await asyncio.wait_for(elections[0].leading.wait(), 10)
+    second = asyncio.create_task(elections[1].run(lead))
+    tasks = [first, second]
+    loop = asyncio.get_running_loop()
+    try:
+        while tape.next < len(tape.ticks) // 3:
+            await asyncio.sleep(0.01)
+        async with db.session() as s:
+            before = (await s.exec(select(func.count()).select_from(AlertEvent))).one()
+            orders = (await s.exec(select(func.count()).select_from(StrategyOrder))).one()
+        # The leader's database session for the lock dies (a crash, as the server sees it).
+        with psycopg.connect(_pg_conninfo(url), autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            ).fetchall()
+        assert killed == [(True,)]
+        killed_at, at_tick = loop.time(), tape.next
+        await asyncio.wait_for(elections[1].leading.wait(), 10)
+        handover = loop.time() - killed_at
+        assert not elections[0].leading.is_set()
+        await asyncio.wait_for(tape.done.wait(), 60)
+        await settled()
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+    return Handover(tape, before, orders, at_tick, handover)
+
+
+def _assert_same(expected: list, got: list, what: str, at_tick: int) -> None:
+    lost = sorted(set(expected) - set(got))
+    doubled = sorted({a for a in got if got.count(a) > 1})
+    extra = sorted(set(got) - set(expected))
+    assert not lost and not doubled and not extra, (what, lost[:3], doubled[:3], extra[:3], at_tick)
+    assert got == expected
+
+
 async def test_leader_killed_mid_replay_standby_finishes_without_loss_or_duplicates(
     pg_urls, report_figures
 ):
@@ -64,58 +133,47 @@ async def test_leader_killed_mid_replay_standby_finishes_without_loss_or_duplica
     assert len(expected) >= 20  # a replay that fires plenty
 
     async with prepared_database(ha_url):
-        tape = Tape(tape_ticks(), pace=0.004)
-        name = f"test-resume:{uuid.uuid4().hex}"
-        elections = [
-            LeaderElection(PgAdvisoryLock(ha_url, name=name), lease=1.5, retry=0.1, publish=False)
-            for _ in range(2)
-        ]
-
-        def lead():  # noqa: ANN202
-            return run_engine(engine_settings(), market=TapeMarket(tape), backtests=False)
-
-        first = asyncio.create_task(elections[0].run(lead))
-        await asyncio.wait_for(elections[0].leading.wait(), 10)
-        second = asyncio.create_task(elections[1].run(lead))
-        tasks = [first, second]
-        loop = asyncio.get_running_loop()
-        try:
-            while tape.next < len(tape.ticks) // 3:
-                await asyncio.sleep(0.01)
-            async with db.session() as s:
-                before = (await s.exec(select(func.count()).select_from(AlertEvent))).one()
-            # The leader's database session for the lock dies (a crash, as the server sees it).
-            with psycopg.connect(_pg_conninfo(ha_url), autocommit=True) as admin:
-                killed = admin.execute(
-                    "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
-                    "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
-                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
-                ).fetchall()
-            assert killed == [(True,)]
-            killed_at, at_tick = loop.time(), tape.next
-            await asyncio.wait_for(elections[1].leading.wait(), 10)
-            handover = loop.time() - killed_at
-            assert not elections[0].leading.is_set()
-            await asyncio.wait_for(tape.done.wait(), 60)
-            await settled()
-        finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(BaseException):
-                    await t
+        run = await _replay_with_a_leader_kill(ha_url, tape_ticks())
         got = await recorded_alerts()
 
-    assert 0 < before < len(expected)  # the kill really fell mid-replay
-    lost = sorted(set(expected) - set(got))
-    doubled = sorted({a for a in got if got.count(a) > 1})
-    extra = sorted(set(got) - set(expected))
-    assert not lost and not doubled and not extra, (lost[:3], doubled[:3], extra[:3], at_tick)
-    assert got == expected
+    assert 0 < run.alerts_before < len(expected)  # the kill really fell mid-replay
+    _assert_same(expected, got, "alerts", run.at_tick)
     report_figures(
         alerts=len(expected),
-        alerts_before_kill=before,
-        killed_at_tick=at_tick,
-        ticks=len(tape.ticks),
-        handover_s=round(handover, 2),
+        alerts_before_kill=run.alerts_before,
+        killed_at_tick=run.at_tick,
+        ticks=len(run.tape.ticks),
+        handover_s=round(run.seconds, 2),
+    )
+
+
+@pytest.mark.parametrize("flush_s", [60.0, 0.2], ids=["nothing-stored", "stored-each-0.2s"])
+async def test_leader_killed_mid_replay_strategy_orders_equal_a_single_run(
+    pg_urls, report_figures, flush_s
+):
+    """A paper MA cross trades through the kill. The successor rebuilds the bars the
+    old leader was building or had not stored from the minute chart, so its averages
+    and so its orders are the single run's. ``nothing-stored``: the old leader stored
+    no bar at all (the successor rebuilds the whole session); ``stored-each-0.2s``:
+    only the last fraction of a second is missing."""
+    single_url, ha_url = pg_urls
+    async with prepared_database(single_url, strategy=True):
+        expected_alerts = await single_run(trend_ticks(), bar_close_interval=flush_s)
+        expected = await recorded_orders()
+    assert len(expected) >= 8, expected  # a strategy that trades before and after the kill
+
+    async with prepared_database(ha_url, strategy=True):
+        run = await _replay_with_a_leader_kill(ha_url, trend_ticks(), bar_close_interval=flush_s)
+        got = await recorded_orders()
+        got_alerts = await recorded_alerts()
+
+    assert 0 < run.orders_before < len(expected)  # orders on both sides of the kill
+    _assert_same(expected, got, "orders", run.at_tick)
+    _assert_same(expected_alerts, got_alerts, "alerts", run.at_tick)
+    report_figures(
+        orders=len(expected),
+        orders_before_kill=run.orders_before,
+        alerts=len(expected_alerts),
+        killed_at_tick=run.at_tick,
+        handover_s=round(run.seconds, 2),
     )
