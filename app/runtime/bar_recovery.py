@@ -51,10 +51,15 @@ class Recovered:
     """Bars no runner stored, oldest first (ties by timeframe, shortest first)."""
     forming: list[Candle] = field(default_factory=list)
     """The current bucket of each intraday timeframe, partial."""
+    as_of: datetime | None = None
+    """The end of the newest minute charted: the market's "now" at the takeover (the
+    wall clock is not it when a tape is replayed)."""
 
     def extend(self, other: Recovered) -> None:
         self.closed += other.closed
         self.forming += other.forming
+        if other.as_of is not None and (self.as_of is None or other.as_of > self.as_of):
+            self.as_of = other.as_of
 
 
 def plan(
@@ -76,7 +81,7 @@ def plan(
     first = fetched[0].start
     minutes = [m for m in stored if m.start < first] + list(fetched)
     anchor = minutes[-1].start
-    out = Recovered()
+    out = Recovered(as_of=anchor + Timeframe.M1.span)
     for tf in timeframes:
         if tf.minutes is None:
             continue

@@ -245,14 +245,13 @@ class Runner:
         )
         for bar in got.forming:
             self.conditions.agg.seed(bar)
-        if not got.closed:
+        if not got.closed or got.as_of is None:
             return
         async with db.session() as s:
             self.candles_stored += await candle_store.store(s, got.closed)
-        newest = max(c.start + c.timeframe.span for c in got.closed + got.forming)
         max_age = timedelta(seconds=self.settings.strategy_order_max_age_seconds)
         try:
-            await self.strategies.catch_up(got.closed, live_after=newest - max_age)
+            await self.strategies.catch_up(got.closed, live_after=got.as_of - max_age)
         except Exception:
             log.exception("strategy desk failed on the rebuilt bars")
 

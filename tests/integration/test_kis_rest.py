@@ -37,8 +37,11 @@ from brokers.base import (
 from brokers.kis import trids
 from brokers.kis.clock import SystemClock
 from brokers.kis.errors import InvalidOrder, MalformedResponse, Unsupported
+from brokers.kis.market import KisMarketData
 from brokers.kis.rest import KisRest, Paths
+from brokers.kis.stream import KisStream
 from brokers.kis.tokens import CachedToken, MemoryTokenStore
+from brokers.paper.symbols import SYMBOLS
 from brokers.ratelimit import reset_registry
 from engines.market import KST, CandleAggregator, Tick, Timeframe
 from tests.kis_fake import DailyRow, FakeQuote, Holding, KisFake
@@ -831,3 +834,40 @@ async def test_kis_broker_is_a_full_broker_over_the_users_own_key(kis_factory):
     with pytest.raises(UnknownSymbol):
         await broker.quote("000000")  # not in the master list: refused before any request
     await broker.close()
+
+
+async def test_minute_candles_since_stops_the_walk_and_can_keep_the_forming_bar(kis: Kis):
+    """A takeover asks for the minutes since its last stored bar, forming one included:
+    one call rather than the day's walk."""
+    day = FIXED_NOW.date()
+    tape = _tape(day, "0900", 120) + [Tick(SAMSUNG, 71_000, 3, FIXED_NOW - timedelta(seconds=20))]
+    kis.fake.tape = tape
+    kis.at(FIXED_NOW)
+    since = datetime(day.year, day.month, day.day, 10, 50, tzinfo=KST)
+    bars = await kis.rest().minute_candles(SAMSUNG, day, since=since, include_forming=True)
+    everything = _expected_minutes(tape)
+    assert bars == [b for b in everything if b.start >= since]
+    assert bars[-1].start == datetime(day.year, day.month, day.day, 11, 0, tzinfo=KST)
+    assert bars[-1].close == 71_000  # the forming bar, as far as it has traded
+    assert [r.params["FID_INPUT_HOUR_1"] for r in kis.fake.uapi_requests(Paths.MINUTE_TODAY)] == [
+        "110030"
+    ]
+
+
+async def test_market_minute_bars_is_todays_chart_from_since(kis: Kis):
+    """``KisMarketData.minute_bars`` (the runner's takeover source): today's bars from
+    ``since``; a ``since`` of an earlier day means all of today; unknown codes refused."""
+    day = FIXED_NOW.date()
+    tape = _tape(day, "0900", 40)
+    kis.fake.tape = tape
+    kis.at(FIXED_NOW)
+    stream = KisStream([("k", "s")], ws_url="ws://127.0.0.1:9", rest_base_url="http://127.0.0.1:9")
+    market = KisMarketData(kis.rest(), stream, [s.info for s in SYMBOLS])
+    since = datetime(day.year, day.month, day.day, 9, 30, tzinfo=KST)
+    assert await market.minute_bars(SAMSUNG, since) == [
+        b for b in _expected_minutes(tape) if b.start >= since
+    ]
+    whole = await market.minute_bars(SAMSUNG, since - timedelta(days=1))
+    assert whole == _expected_minutes(tape)
+    with pytest.raises(UnknownSymbol):
+        await market.minute_bars("999999", since)
