@@ -340,7 +340,7 @@ def roll_up(minutes: Iterable[Candle], timeframe: Timeframe) -> list[Candle]:
         if m.timeframe is not Timeframe.M1:
             raise ValueError(f"roll_up takes 1m candles, got {m.timeframe}")
         if last is not None and m.start <= last:
-            raise ValueError(f"minutes out of order at {m.start}")
+            raise ValueError(f"minutes out of order or repeated at {m.start}")
         if current is not None and m.symbol != current[0]:
             raise ValueError(f"roll_up takes one symbol's minutes, got {current[0]} and {m.symbol}")
         last = m.start

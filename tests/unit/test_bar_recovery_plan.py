@@ -96,8 +96,9 @@ def test_fetched_minutes_close_all_but_the_last_and_a_covered_5m_bucket_rolls_up
     assert want[at(9, 0)].volume == sum(m.volume for m in stored + fetched[:2])
     assert of(got.forming, M5) == [want[at(9, 5)]]
     assert want[at(9, 5)].close == fetched[-1].close
-    assert len(got.closed) == len(fetched) - 1 + 1
+    assert len(got.closed) == len(fetched[:-1]) + 1
     assert len(got.forming) == 2
+    assert got.as_of == fetched[-1].start + timedelta(minutes=1)  # the end of the last minute
 
 
 def test_fetched_minutes_only_without_stored_ones():
@@ -150,7 +151,7 @@ def test_buckets_starting_before_complete_from_are_partial_and_not_closed():
     assert of(got.forming, M15) == [fifteens[at(9, 30)]]
     assert of(got.closed, M1) == fetched[:-1]
 
-    # complete_from right on a bucket start: that bucket is whole, so closed
+    # a bucket starting right at complete_from counts as whole: closed
     on_edge = plan(fetched, stored, {M1: at(9, 14)}, [M15], at(9, 0))
     assert on_edge.closed == [fifteens[at(9, 0)], fifteens[at(9, 15)]]
     # one minute later it is partial
@@ -179,12 +180,13 @@ def test_without_a_last_stored_bar_every_bucket_before_the_current_one_is_closed
 def test_daily_and_weekly_timeframes_are_ignored():
     stored = minutes(9, 0, 4)
     fetched = minutes(9, 5, 12)
-    last = {M1: at(9, 4), D1: kst(31 - 29, 9), W1: kst(3, 9)}
+    last = {M1: at(9, 4), D1: kst(2, 9), W1: kst(3, 9)}
     with_days = plan(fetched, stored, last, [D1, M1, W1, M5], None)
     without = plan(fetched, stored, last, [M1, M5], None)
     assert with_days == without
     assert {b.timeframe for b in with_days.closed + with_days.forming} == {M1, M5}
-    assert plan(fetched, stored, last, [D1, W1], None) == Recovered()
+    only_days = plan(fetched, stored, last, [D1, W1], None)
+    assert only_days.closed == [] and only_days.forming == []
 
 
 def test_closed_bars_are_ordered_by_close_time_shorter_timeframe_first():
@@ -237,6 +239,10 @@ def _drive(agg: CandleAggregator, ticks: Iterable[Tick], until: datetime) -> lis
     return out
 
 
+def _key(c: Candle) -> tuple[timedelta, datetime]:
+    return c.timeframe.span, c.start
+
+
 @pytest.mark.parametrize(
     ("flushed", "takeover"),
     [
@@ -257,8 +263,13 @@ def test_seeding_the_plan_after_a_takeover_rebuilds_the_single_runner_series(
     last = {tf: max(b.start for b in of(stored_bars, tf)) for tf in INTRADAY if of(stored_bars, tf)}
     assert M1 in last
     # the broker's minute chart at the takeover: every print before it, the last minute partial
-    chart = _drive(CandleAggregator([M1]), [t for t in ticks if t.ts < takeover], takeover)
+    charter = CandleAggregator([M1])
+    chart = _drive(charter, [t for t in ticks if t.ts < takeover], takeover)
+    partial = charter.current(SYM, M1)
+    if partial is not None:
+        chart.append(partial)
     fetched = [m for m in chart if m.start > last[M1]]
+    assert fetched
     got = plan(fetched, of(stored_bars, M1), last, INTRADAY, None)
 
     successor = CandleAggregator(INTRADAY)
@@ -268,6 +279,5 @@ def test_seeding_the_plan_after_a_takeover_rebuilds_the_single_runner_series(
     assert successor.late_ticks == 0
 
     rebuilt = stored_bars + got.closed + rest
-    key = lambda c: (c.timeframe.span, c.start)  # noqa: E731
-    assert sorted(rebuilt, key=key) == sorted(reference, key=key)
+    assert sorted(rebuilt, key=_key) == sorted(reference, key=_key)
     assert len({(c.timeframe, c.start) for c in rebuilt}) == len(rebuilt)  # nothing twice

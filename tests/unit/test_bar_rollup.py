@@ -155,7 +155,7 @@ def test_roll_up_refuses_candles_that_are_not_one_minute():
 )
 def test_roll_up_refuses_minutes_out_of_order_or_duplicated(reorder):
     minutes = reorder(_minutes())
-    with pytest.raises(ValueError, match="minutes out of order at "):
+    with pytest.raises(ValueError, match="minutes out of order or repeated at "):
         roll_up(minutes, M5)
 
 
@@ -174,7 +174,9 @@ def test_roll_up_refuses_two_symbols():
 
 @pytest.mark.parametrize("tf", [D1, W1])
 def test_roll_up_refuses_daily_and_weekly_targets(tf: Timeframe):
-    with pytest.raises(ValueError, match=f"only intraday timeframes roll up from minutes, not {tf}"):
+    with pytest.raises(
+        ValueError, match=f"only intraday timeframes roll up from minutes, not {tf}"
+    ):
         roll_up(_minutes(), tf)
     with pytest.raises(ValueError, match="only intraday timeframes"):
         roll_up([], tf)
@@ -287,7 +289,7 @@ def test_seed_is_refused_when_the_bucket_is_already_closed():
     for start in (kst(3, 9, 3), kst(3, 9, 1)):
         assert agg.seed(Candle(SYM, M1, start, 100, 100, 100, 100, 1)) is False
     assert agg.current(SYM, M1) is None
-    assert agg.close_until(kst(3, 9, 5)) == []
+    assert [c.timeframe for c in agg.close_until(kst(3, 9, 5))] == [M5]  # no 1m reopened
     # a later minute is still free
     later = Candle(SYM, M1, kst(3, 9, 4), 100, 100, 100, 100, 1)
     assert agg.seed(later) is True
@@ -307,7 +309,7 @@ def test_seed_is_refused_when_the_bucket_is_already_closed():
         ([M1], Candle(SYM, M1, kst(3, 9, 3, 30), 100, 100, 100, 100, 1), "does not label a 1m"),
         ([M60], Candle(SYM, M60, kst(3, 9, 30), 100, 100, 100, 100, 1), "does not label a 60m"),
         ([M1], Candle(SYM, M1, kst(3, 9, 3), 100, 120, 105, 110, 1), "inconsistent"),  # low>open
-        ([M1], Candle(SYM, M1, kst(3, 9, 3), 100, 120, 90, 95, 1), "inconsistent"),  # low>close
+        ([M1], Candle(SYM, M1, kst(3, 9, 3), 100, 120, 98, 95, 1), "inconsistent"),  # low>close
         ([M1], Candle(SYM, M1, kst(3, 9, 3), 100, 110, 90, 115, 1), "inconsistent"),  # high<close
         ([M1], Candle(SYM, M1, kst(3, 9, 3), 115, 110, 90, 100, 1), "inconsistent"),  # high<open
         ([M1], Candle(SYM, M1, kst(3, 9, 3), 100, 100, 0, 100, 1), "inconsistent"),  # low 0
