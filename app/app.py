@@ -39,7 +39,7 @@ from app.states.brokers import BrokersState
 from app.states.builder import RuleBuilderState
 from app.states.channels import ChannelsState
 from app.states.chart import ChartState
-from app.states.live import LiveState, ReflexUiSink
+from app.states.live import LiveState, ReflexUiSink, alert_relay_lifespan
 from app.states.live_fanout import fanout_lifespan
 from app.states.pages import HistoryState, RulesState
 from app.states.portfolio import PortfolioState, refresh_open_pages
@@ -131,6 +131,7 @@ app = rx.App(
 )
 app.register_lifespan_task(runner_lifespan)
 app.register_lifespan_task(fanout_lifespan)
+app.register_lifespan_task(alert_relay_lifespan)
 app.register_lifespan_task(portfolio_refresh_lifespan)
 
 _private = [SessionState.guard, LiveState.connect]

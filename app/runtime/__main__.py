@@ -20,6 +20,7 @@ from app.config import get_settings
 from app.logging_setup import configure_logging
 from app.runtime.engine import run_engine
 from app.runtime.leader import LeaderConfigError, LeaderElection, build_lock
+from app.runtime.live_bus import BusAlertSink, bus_for
 from app.vault_keys import get_key_ring
 
 log = logging.getLogger("app.runtime")
@@ -45,7 +46,12 @@ async def main() -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    task = asyncio.create_task(election.run(lambda: run_engine(settings)), name="election")
+    # No Reflex app here: in-app alerts go on the bus and a web worker shows them.
+    # Without Redis no web worker can read it, so pages only list them on reload.
+    ui = BusAlertSink(bus_for(settings.redis_url)) if settings.redis_url else None
+    if ui is None:
+        log.warning("no REDIS_URL: in-app alerts appear when a page reloads, not as they fire")
+    task = asyncio.create_task(election.run(lambda: run_engine(settings, ui=ui)), name="election")
     waiter = asyncio.create_task(stop.wait())
     log.warning("runner process started: holder=%s backend=%s", lock.holder_id, lock.backend)
     try:

@@ -12,6 +12,8 @@ things must still cross:
 * **live snapshots**: the last price of each symbol, and for charted symbols the bar
   still forming and the closed bars not yet stored. The leader writes them at its
   coalesced UI pace; a page reads them when it opens or redraws.
+* **in-app alerts** from an engine run apart (``python -m app.runtime``), which has no
+  Reflex app of its own: it queues them, and one web worker shows each.
 
 Prices themselves reach open pages through Reflex's shared states (the state
 manager is Redis then, and pushes cross workers by itself); this bus is for what a
@@ -47,6 +49,12 @@ KEY_PREFIX = "tickwatch"
 STATUS_TTL = 10.0
 """Seconds the leader's published figures count as current (it publishes every 2 s)."""
 STATUS_EVERY = 2.0
+ALERT_BACKLOG = 10_000
+"""In-app alerts kept for web workers that are all away; older ones are dropped (the
+alert itself is stored and listed on the alerts page either way)."""
+ALERT_TTL = 3600
+ALERT_POP_WAIT = 5
+"""Seconds one blocking pop waits before it is issued again."""
 
 
 def candle_to_json(c: Candle) -> dict[str, Any]:
@@ -177,7 +185,28 @@ class LiveBus(Protocol):
         """The last figures the leader published, or None if none are fresh."""
         ...
 
+    async def push_alert(self, user_id: int, alert: dict[str, Any]) -> None:
+        """An in-app alert for the user's open pages, from an engine without the web app."""
+        ...
+
+    def alerts(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        """Alerts pushed, each handed to exactly one reader (one web worker shows it;
+        the user's shared state then reaches every tab on every worker)."""
+        ...
+
     async def close(self) -> None: ...
+
+
+class BusAlertSink:
+    """The runner's in-app window when it runs apart (``python -m app.runtime``): it has
+    no Reflex app to write the user's shared state, so alerts go on the bus and a web
+    worker writes them (``app.states.live.relay_alerts``)."""
+
+    def __init__(self, bus: LiveBus) -> None:
+        self.bus = bus
+
+    async def push_alert(self, user_id: int, alert: dict[str, Any]) -> None:
+        await self.bus.push_alert(user_id, alert)
 
 
 class LocalLiveBus:
@@ -187,6 +216,7 @@ class LocalLiveBus:
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[QuoteViews]] = set()
         self._status: tuple[float, dict[str, Any]] | None = None
+        self._alerts: asyncio.Queue[tuple[int, dict[str, Any]]] | None = None
 
     async def declare(self, consumer: str, symbols: Iterable[str]) -> None:
         from app.runtime.runner import current_runner
@@ -230,6 +260,23 @@ class LocalLiveBus:
             return None
         return self._status[1]
 
+    async def push_alert(self, user_id: int, alert: dict[str, Any]) -> None:
+        """Kept only while something reads them: with nobody to show them to (an
+        engine alone without Redis) they would pile up in memory."""
+        if self._alerts is not None and self._alerts.qsize() < ALERT_BACKLOG:
+            self._alerts.put_nowait((user_id, alert))
+
+    async def alerts(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        if self._alerts is None:
+            self._alerts = asyncio.Queue()
+        queue = self._alerts
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            if self._alerts is queue:
+                self._alerts = None
+
     async def close(self) -> None:
         return None
 
@@ -246,6 +293,7 @@ class RedisLiveBus:
         self.snapshot_prefix = f"{prefix}:live:"
         self.quotes_channel = f"{prefix}:quotes"
         self.status_key = f"{prefix}:leader-status"
+        self.alerts_key = f"{prefix}:alerts"
         self._url = redis_url
 
     async def declare(self, consumer: str, symbols: Iterable[str]) -> None:
@@ -339,6 +387,42 @@ class RedisLiveBus:
         except ValueError:
             return None
         return status if isinstance(status, dict) else None
+
+    async def push_alert(self, user_id: int, alert: dict[str, Any]) -> None:
+        """A list, not pub/sub: each alert is popped by one worker, and one pushed while
+        every web worker restarts is shown when the first is back (up to
+        ``ALERT_BACKLOG`` of them, for ``ALERT_TTL``)."""
+        payload = json.dumps({"u": user_id, "a": alert}, separators=(",", ":"), default=str)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.lpush(self.alerts_key, payload)
+        pipe.ltrim(self.alerts_key, 0, ALERT_BACKLOG - 1)
+        pipe.expire(self.alerts_key, ALERT_TTL)
+        await pipe.execute()
+
+    async def alerts(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        import redis.asyncio as redis
+
+        # A client of its own: a blocking pop must not hold the shared one, and its
+        # socket timeout must outlast the pop's.
+        client = redis.Redis.from_url(
+            self._url, socket_connect_timeout=2, socket_timeout=ALERT_POP_WAIT + 5
+        )
+        try:
+            while True:
+                popped = await client.brpop([self.alerts_key], timeout=ALERT_POP_WAIT)
+                if popped is None:
+                    continue
+                try:
+                    d = json.loads(popped[1])
+                    user_id, alert = int(d["u"]), d["a"]
+                except (ValueError, KeyError, TypeError):
+                    log.warning("unreadable alert on the bus ignored")
+                    continue
+                if isinstance(alert, dict):
+                    yield user_id, alert
+        finally:
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def close(self) -> None:
         await self._client.aclose()

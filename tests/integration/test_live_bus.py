@@ -215,3 +215,76 @@ async def test_a_worker_without_the_runner_quotes_the_leaders_live_price(prefix)
     finally:
         await bus.close()
         await source.close()
+
+
+async def _take(it, n: int, out: list, timeout: float = 10.0) -> None:  # noqa: ANN001
+    async def run() -> None:
+        async for item in it:
+            out.append(item)
+            if len(out) >= n:
+                return
+
+    await asyncio.wait_for(run(), timeout)
+
+
+async def test_alerts_from_an_engine_apart_are_each_read_by_one_worker(prefix: str):
+    """Two workers read the queue at once: every alert reaches exactly one of them, in
+    the order pushed, and an unreadable entry is skipped, not fatal."""
+    engine, first, second = (RedisLiveBus(REDIS_URL, prefix=prefix) for _ in range(3))
+    sink = live_bus.BusAlertSink(engine)
+    got_a: list = []
+    got_b: list = []
+    readers = [
+        asyncio.create_task(_take(first.alerts(), 100, got_a)),
+        asyncio.create_task(_take(second.alerts(), 100, got_b)),
+    ]
+    await asyncio.sleep(0.2)  # both are waiting in a blocking pop
+    raw = redis.Redis.from_url(REDIS_URL)
+    await raw.lpush(engine.alerts_key, b"not json")
+    for i in range(40):
+        await sink.push_alert(i % 3, {"rule": f"r{i}", "price": 70_000 + i})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while len(got_a) + len(got_b) < 40 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    everything = got_a + got_b
+    assert sorted(a["rule"] for _u, a in everything) == sorted(f"r{i}" for i in range(40))
+    assert got_a and got_b  # both workers took some: no alert shown twice, none lost
+    for got in (got_a, got_b):
+        numbers = [int(a["rule"][1:]) for _u, a in got]
+        assert numbers == sorted(numbers)  # oldest first
+        assert all(u == n % 3 for (u, _a), n in zip(got, numbers, strict=True))
+    assert await raw.llen(engine.alerts_key) == 0
+    await raw.aclose()
+    for bus in (engine, first, second):
+        await bus.close()
+
+
+async def test_alert_backlog_is_bounded_while_no_worker_reads(prefix: str, monkeypatch):
+    monkeypatch.setattr(live_bus, "ALERT_BACKLOG", 5)
+    bus = RedisLiveBus(REDIS_URL, prefix=prefix)
+    for i in range(8):
+        await bus.push_alert(1, {"n": i})
+    raw = redis.Redis.from_url(REDIS_URL)
+    assert await raw.llen(bus.alerts_key) == 5
+    assert 0 < await raw.ttl(bus.alerts_key) <= live_bus.ALERT_TTL  # gone if never read
+    await raw.aclose()
+    got: list = []
+    await _take(bus.alerts(), 5, got)
+    assert [a["n"] for _u, a in got] == [3, 4, 5, 6, 7]  # the newest five, oldest first
+    await bus.close()
+
+
+async def test_local_bus_keeps_alerts_only_while_someone_reads():
+    bus = live_bus.LocalLiveBus()
+    await bus.push_alert(1, {"n": 0})  # nobody reads: dropped, not piled up
+    got: list = []
+    reader = asyncio.create_task(_take(bus.alerts(), 2, got))
+    await asyncio.sleep(0.01)
+    await bus.push_alert(1, {"n": 1})
+    await bus.push_alert(2, {"n": 2})
+    await reader
+    assert got == [(1, {"n": 1}), (2, {"n": 2})]
