@@ -20,9 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import pytest
-import redis
 from sqlmodel import select
 
 from app import db
@@ -35,15 +32,6 @@ from brokers.paper.symbols import SYMBOLS
 TOAST_VAR = "toast_rx_state_"
 UNREAD_VAR = "unread_rx_state_"
 RULE_NAME = "relay-check"
-
-
-def _services_up() -> bool:
-    try:
-        redis.Redis.from_url(ui.REDIS_BASE_URL, socket_timeout=2).ping()
-        with psycopg.connect(ui.admin_conninfo(), connect_timeout=3):
-            return True
-    except Exception:
-        return False
 
 
 @dataclass
@@ -121,7 +109,6 @@ async def _fire_rule(db_url: str, code: str) -> int:
         await db.dispose()
 
 
-@pytest.mark.skipif(not _services_up(), reason="needs PostgreSQL and Redis on loopback")
 async def test_alert_from_the_engine_apart_pops_up_once_in_every_tab(report_figures):
     plan = ui.Plan(clients=2, symbols=3, workers=2, seconds=1.0)
     redis_url = f"{ui.REDIS_BASE_URL}/{ui.REDIS_DB - 2}"

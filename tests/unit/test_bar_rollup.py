@@ -12,23 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engines.market import KST, Candle, CandleAggregator, Tick, Timeframe, roll_up
+from tests.unit.test_candles import SYM, kst, tick
 
-SYM = "005930"
 M1, M5, M15, M30, M60, D1, W1 = (
     Timeframe(v) for v in ("1m", "5m", "15m", "30m", "60m", "1d", "1w")
 )
 INTRADAY = (M5, M15, M30, M60)
-
-
-def kst(day: int, hour: int, minute: int = 0, second: float = 0) -> datetime:
-    """An aware time in June 2024 KST (2024-06-03 is a Monday), as UTC."""
-    whole = int(second)
-    micro = round((second - whole) * 1e6)
-    return datetime(2024, 6, day, hour, minute, whole, micro, tzinfo=KST).astimezone(UTC)
-
-
-def tick(ts: datetime, price: int = 70_000, volume: int = 1, symbol: str = SYM) -> Tick:
-    return Tick(symbol, price, volume, ts)
 
 
 def build(ticks: Iterable[Tick], tf: Timeframe, symbol: str = SYM) -> list[Candle]:
