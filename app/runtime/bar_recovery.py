@@ -25,6 +25,7 @@ simulated market) gives a successor its own ticks only, as before.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 LOOKBACK = timedelta(hours=8)
 """Stored minutes read at most this far back for the buckets to rebuild: more than
 a trading day's session, so every bucket of today is whole."""
+
+BUDGET = 15.0
+"""Seconds a new leader spends rebuilding bars before it reads ticks (KIS: about one
+call per symbol, so a few dozen symbols take a few seconds)."""
 
 FetchMinutes = Callable[[str, datetime | None], Awaitable[list[Candle]]]
 
@@ -100,15 +105,31 @@ def plan(
 
 
 async def recover(
-    fetch: FetchMinutes, symbols: Iterable[str], timeframes: Sequence[Timeframe]
+    fetch: FetchMinutes,
+    symbols: Iterable[str],
+    timeframes: Sequence[Timeframe],
+    budget: float = BUDGET,
 ) -> Recovered:
     """Rebuild every symbol's bars; a symbol the broker cannot chart is logged and
-    skipped (it starts from its own ticks), the others are still rebuilt."""
+    skipped (it starts from its own ticks), the others are still rebuilt. Symbols
+    still waiting when ``budget`` seconds are spent are skipped too: the market does
+    not wait for a slow chart endpoint, and ticks matter more than a rebuilt bar."""
     out = Recovered()
-    for symbol in sorted(symbols):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
+    pending = sorted(symbols)
+    for i, symbol in enumerate(pending):
+        left = deadline - loop.time()
+        if left <= 0:
+            log.warning(
+                "bar rebuild out of time; %d symbols start from their own ticks: %s",
+                len(pending) - i,
+                pending[i:],
+            )
+            break
         try:
-            out.extend(await _recover_symbol(fetch, symbol, timeframes))
-        except Exception as exc:
+            out.extend(await asyncio.wait_for(_recover_symbol(fetch, symbol, timeframes), left))
+        except Exception as exc:  # TimeoutError included
             log.warning("bars of %s not rebuilt after the takeover: %r", symbol, exc)
     return out
 

@@ -7,6 +7,7 @@ chart holds 10:20 to 10:23, the last still forming. A single runner would have c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -49,10 +50,16 @@ def minutes(symbol: str, first: datetime, closes: list[int]) -> list[Candle]:
 class ChartedMarket:
     """The demo market plus a minute chart, as KIS's ``MinuteHistory`` gives one."""
 
-    def __init__(self, chart: dict[str, list[Candle]], fail: set[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        chart: dict[str, list[Candle]],
+        fail: set[str] = frozenset(),
+        hang: set[str] = frozenset(),
+    ) -> None:
         self.inner = paper_market()
         self.chart = chart
         self.fail = fail
+        self.hang = hang
         self.asked: list[tuple[str, datetime | None]] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -62,6 +69,8 @@ class ChartedMarket:
         self.asked.append((symbol, since))
         if symbol in self.fail:
             raise ConnectionError("minute chart unreachable")
+        if symbol in self.hang:
+            await asyncio.sleep(30)
         return [c for c in self.chart.get(symbol, []) if since is None or c.start >= since]
 
 
@@ -150,3 +159,23 @@ async def test_a_source_without_a_minute_chart_rebuilds_nothing():
     assert await hub.minute_bars(SAMSUNG, None) == []
     got = await bar_recovery.recover(hub.minute_bars, {SAMSUNG}, list(Timeframe))
     assert got.closed == [] and got.forming == []
+
+
+async def test_a_slow_chart_does_not_hold_the_takeover_past_its_budget(caplog):
+    """The market does not wait: a chart call that hangs is cut at the budget, and the
+    symbols after it start from their own ticks."""
+    await helpers.seed_symbols()
+    chart = {HYNIX: minutes(HYNIX, T0, [204_500, 205_000])}
+    market = ChartedMarket(chart, hang={SAMSUNG})
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with caplog.at_level(logging.WARNING, "app.runtime.bar_recovery"):
+        got = await bar_recovery.recover(
+            market.minute_bars, {HYNIX, SAMSUNG, "035420"}, [M1], budget=0.5
+        )
+    took = loop.time() - began
+    assert got.closed == chart[HYNIX][:1] and got.forming == chart[HYNIX][1:]
+    assert 0.5 <= took < 2.0, took
+    assert "bars of 005930 not rebuilt" in caplog.text
+    assert "1 symbols start from their own ticks: ['035420']" in caplog.text
+    assert [s for s, _ in market.asked] == [HYNIX, SAMSUNG]  # 035420 never asked
