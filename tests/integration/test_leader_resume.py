@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -69,9 +70,17 @@ class Handover:
     seconds: float
 
 
-async def _replay_with_a_leader_kill(url: str, ticks: list[Tick], **overrides: object) -> Handover:
+async def _orders() -> int:
+    async with db.session() as s:
+        return (await s.exec(select(func.count()).select_from(StrategyOrder))).one()
+
+
+async def _replay_with_a_leader_kill(
+    url: str, ticks: list[Tick], *, after_first_order: bool = False, **overrides: object
+) -> Handover:
     """Two engines stand for election; the leader's lock session is killed a third of
-    the way through the tape and the standby finishes it."""
+    the way through the tape (or as soon as its first strategy order is claimed) and
+    the standby finishes it."""
     tape = Tape(ticks, pace=0.004)
     name = f"test-resume:{uuid.uuid4().hex}"
     elections = [
@@ -88,11 +97,11 @@ async def _replay_with_a_leader_kill(url: str, ticks: list[Tick], **overrides: o
     tasks = [first, second]
     loop = asyncio.get_running_loop()
     try:
-        while tape.next < len(tape.ticks) // 3:
-            await asyncio.sleep(0.01)
+        while not (await _orders() if after_first_order else tape.next >= len(tape.ticks) // 3):
+            await asyncio.sleep(0.005 if after_first_order else 0.01)
         async with db.session() as s:
             before = (await s.exec(select(func.count()).select_from(AlertEvent))).one()
-            orders = (await s.exec(select(func.count()).select_from(StrategyOrder))).one()
+        orders = await _orders()
         # The leader's database session for the lock dies (a crash, as the server sees it).
         with psycopg.connect(_pg_conninfo(url), autocommit=True) as admin:
             killed = admin.execute(
@@ -147,32 +156,47 @@ async def test_leader_killed_mid_replay_standby_finishes_without_loss_or_duplica
     )
 
 
-@pytest.mark.parametrize("flush_s", [60.0, 0.2], ids=["nothing-stored", "stored-each-0.2s"])
+@pytest.mark.parametrize(
+    ("flush_s", "after_first_order"),
+    [(60.0, False), (0.2, False), (0.2, True)],
+    ids=["nothing-stored", "stored-each-0.2s", "killed-after-an-order"],
+)
 async def test_leader_killed_mid_replay_strategy_orders_equal_a_single_run(
-    pg_urls, report_figures, flush_s
+    pg_urls, report_figures, flush_s, after_first_order, caplog
 ):
     """A paper MA cross trades through the kill. The successor rebuilds the bars the
     old leader was building or had not stored from the minute chart, so its averages
     and so its orders are the single run's. ``nothing-stored``: the old leader stored
     no bar at all (the successor rebuilds the whole session); ``stored-each-0.2s``:
-    only the last fraction of a second is missing."""
+    only the last fraction of a second is missing; ``killed-after-an-order``: the kill
+    follows the claim of an order at once, so the successor rebuilds that order's bar as
+    live and its signal again, which must place nothing new."""
     single_url, ha_url = pg_urls
     async with prepared_database(single_url, strategy=True):
         expected_alerts = await single_run(trend_ticks(), bar_close_interval=flush_s)
         expected = await recorded_orders()
     assert len(expected) >= 8, expected  # a strategy that trades before and after the kill
 
+    caplog.set_level(logging.INFO, "app.services.strategy_orders")
     async with prepared_database(ha_url, strategy=True):
-        run = await _replay_with_a_leader_kill(ha_url, trend_ticks(), bar_close_interval=flush_s)
+        run = await _replay_with_a_leader_kill(
+            ha_url, trend_ticks(), after_first_order=after_first_order, bar_close_interval=flush_s
+        )
         got = await recorded_orders()
         got_alerts = await recorded_alerts()
 
     assert 0 < run.orders_before < len(expected)  # orders on both sides of the kill
     _assert_same(expected, got, "orders", run.at_tick)
+    replayed = caplog.text.count("already handled")
+    if flush_s > 1:
+        # The whole session is rebuilt: the old leader's last order, minutes before the
+        # kill, is signalled again on a rebuilt bar and places nothing.
+        assert replayed >= 1
     _assert_same(expected_alerts, got_alerts, "alerts", run.at_tick)
     report_figures(
         orders=len(expected),
         orders_before_kill=run.orders_before,
+        signals_replayed_without_an_order=replayed,
         alerts=len(expected_alerts),
         killed_at_tick=run.at_tick,
         handover_s=round(run.seconds, 2),
