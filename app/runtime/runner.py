@@ -249,9 +249,8 @@ class Runner:
             return
         async with db.session() as s:
             self.candles_stored += await candle_store.store(s, got.closed)
-        max_age = timedelta(seconds=self.settings.strategy_order_max_age_seconds)
         try:
-            await self.strategies.catch_up(got.closed, live_after=got.as_of - max_age)
+            await self.strategies.on_candles(got.closed, live_after=self._trade_after(got.as_of))
         except Exception:
             log.exception("strategy desk failed on the rebuilt bars")
 
@@ -467,7 +466,9 @@ class Runner:
         closed = getattr(result, "closed", [])
         if closed:
             try:
-                await self.strategies.on_candles(closed)
+                await self.strategies.on_candles(
+                    closed, live_after=self._trade_after(self.market_clock())
+                )
             except Exception:
                 log.exception("strategy desk failed on closed candles")
             self._candles.extend(closed)
@@ -478,6 +479,13 @@ class Runner:
         for rule_id in getattr(result, "expired", []):
             await self._expire(rule_id)
         return fired
+
+    def _trade_after(self, now: datetime | None) -> datetime | None:
+        """Bars that closed before this are too old to place an order on (``now`` is
+        market time: a replay runs in the past, and the wall clock is not it)."""
+        if now is None:
+            return None
+        return now - timedelta(seconds=self.settings.strategy_order_max_age_seconds)
 
     def market_clock(self) -> datetime | None:
         """The last tick's time moved on by the real time since: closes the bars of

@@ -457,18 +457,20 @@ class StrategyDesk:
 
     # ---- feeding ------------------------------------------------------------------
 
-    async def on_candles(self, candles: Iterable[Candle]) -> None:
-        await self._feed(candles, live_after=None)
-
-    async def catch_up(self, candles: Iterable[Candle], live_after: datetime) -> None:
-        """Bars a new leader rebuilt after a takeover (``bar_recovery``), oldest first.
-
-        Those that closed after ``live_after`` count as closed live: their signals
-        are placed, and a signal the old leader had already placed finds its order id
-        taken and places nothing. Older ones only warm the strategy up: an order on
+    async def on_candles(
+        self, candles: Iterable[Candle], live_after: datetime | None = None
+    ) -> None:
+        """Closed bars, oldest first. Those that closed after ``live_after`` (all, if
+        None) are traded on; older ones only warm the strategy up, because an order on
         them would be stale by the time it reached the broker.
+
+        The runner passes the market's "now" less the order max age, which matters in
+        two cases. After a takeover, the rebuilt bars (``bar_recovery``) come through
+        here: a signal the old leader had already placed finds its order id taken and
+        places nothing. And a bar left forming overnight is closed by the next
+        morning's first trade, too late to trade on.
         """
-        await self._feed(candles, live_after=live_after)
+        await self._feed(candles, live_after)
 
     async def _feed(self, candles: Iterable[Candle], live_after: datetime | None) -> None:
         for candle in candles:

@@ -179,3 +179,31 @@ async def test_a_slow_chart_does_not_hold_the_takeover_past_its_budget(caplog):
     assert "bars of 005930 not rebuilt" in caplog.text
     assert "1 symbols start from their own ticks: ['035420']" in caplog.text
     assert [s for s, _ in market.asked] == [HYNIX, SAMSUNG]  # 035420 never asked
+
+
+async def test_a_bar_closed_long_after_it_ended_is_not_traded_on():
+    """A bar left forming when trading stopped is closed by the next session's first
+    trade: its signal is a day old, so it only warms the strategy up. A bar closed
+    on time still trades."""
+    att = await seed(
+        "overnight@example.com",
+        mode="paper",
+        strategy="test_scripted",
+        params={"buy_at": [1, 2], "qty": 1},
+        timeframe="1m",
+    )
+    runner = Runner(helpers.settings(), paper_market())
+    runner.strategies.factory = make_scripted
+    await runner.sync_once()
+    await runner.strategies.drain()
+    day = timedelta(days=1)
+    for price, at in (
+        (71_300, T0),  # bar 0
+        (71_400, T0 + M1.span),  # closes bar 0 on time; bar 1
+        (71_500, T0 + day),  # closes bar 1 a day late; bar 2
+        (71_600, T0 + day + M1.span),  # closes bar 2 on time
+    ):
+        await runner.handle_tick(Tick(SAMSUNG, price, 10, at))
+        await runner.strategies.drain()
+    [order] = await orders_of(att.attachment_id)
+    assert (order.side, order.ref_price) == ("buy", 71_500)  # bar 2's close, not bar 1's
