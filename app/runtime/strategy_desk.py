@@ -470,9 +470,6 @@ class StrategyDesk:
         places nothing. And a bar left forming overnight is closed by the next
         morning's first trade, too late to trade on.
         """
-        await self._feed(candles, live_after)
-
-    async def _feed(self, candles: Iterable[Candle], live_after: datetime | None) -> None:
         for candle in candles:
             ids = self._by_bar.get((candle.symbol, candle.timeframe))
             if not ids:
