@@ -47,3 +47,18 @@ def settings(**overrides: object) -> Settings:
     }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]
+
+
+def kill_lock_holders(url: str) -> list[tuple[bool]]:
+    """End every session holding an advisory lock in ``url``'s database, as the server
+    ends a crashed client's: the leader-lock holder dies without releasing anything."""
+    import psycopg
+
+    from tests.conftest import _pg_conninfo
+
+    with psycopg.connect(_pg_conninfo(url), autocommit=True) as admin:
+        return admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks "
+            "WHERE locktype = 'advisory' AND granted AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchall()

@@ -11,7 +11,6 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
-import psycopg
 import pytest
 import redis.asyncio as redis
 
@@ -25,7 +24,7 @@ from app.runtime.leader import (
     choose_backend,
     current_leadership,
 )
-from tests.conftest import _pg_conninfo
+from tests.integration.helpers import kill_lock_holders
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -79,12 +78,7 @@ async def test_pg_holder_whose_connection_dies_notices_and_is_replaced(pg_url):
         assert await a.try_acquire()
         assert not await b.try_acquire()
         # The server ends the holder's session (a crash, a failover, a kill by an admin).
-        with psycopg.connect(_pg_conninfo(pg_url), autocommit=True) as admin:
-            killed = admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                "WHERE locktype = 'advisory' AND granted AND database = "
-                "(SELECT oid FROM pg_database WHERE datname = current_database())"
-            ).fetchall()
+        killed = kill_lock_holders(pg_url)
         assert killed == [(True,)]
         # pg_terminate_backend only signals: the session ends (and frees the lock) soon after
         for _ in range(40):

@@ -31,6 +31,7 @@ from app.runtime.engine import run_engine
 from app.runtime.leader import LeaderElection, PgAdvisoryLock
 from engines.market import Tick
 from tests.conftest import PG_ADMIN_URL, _pg_conninfo
+from tests.integration.helpers import kill_lock_holders
 from tests.integration.replay_tape import (
     Tape,
     TapeMarket,
@@ -103,12 +104,7 @@ async def _replay_with_a_leader_kill(
             before = (await s.exec(select(func.count()).select_from(AlertEvent))).one()
         orders = await _orders()
         # The leader's database session for the lock dies (a crash, as the server sees it).
-        with psycopg.connect(_pg_conninfo(url), autocommit=True) as admin:
-            killed = admin.execute(
-                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
-                "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
-                "(SELECT oid FROM pg_database WHERE datname = current_database())"
-            ).fetchall()
+        killed = kill_lock_holders(url)
         assert killed == [(True,)]
         killed_at, at_tick = loop.time(), tape.next
         await asyncio.wait_for(elections[1].leading.wait(), 10)
