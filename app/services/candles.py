@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -310,12 +310,7 @@ async def latest_starts(session: AsyncSession, symbol: str) -> dict[Timeframe, d
         .where(_TABLE.c.symbol == symbol)
         .group_by(_TABLE.c.timeframe)
     )
-    rows = (await session.exec(stmt)).all()
-    out: dict[Timeframe, datetime] = {}
-    for tf, start in rows:
-        if start is not None and tf in Timeframe._value2member_map_:
-            out[Timeframe(tf)] = start if start.tzinfo else start.replace(tzinfo=UTC)
-    return out
+    return {Timeframe(tf): start for tf, start in (await session.exec(stmt)).all()}
 
 
 async def between(

@@ -9,7 +9,6 @@ there when it connects.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ import reflex as rx
 from reflex.istate.manager.token import BaseStateToken
 
 from app import db
-from app.runtime.background import running
+from app.runtime.background import consume, running
 from app.runtime.live_bus import get_live_bus
 from app.services import alerts as alerts_service
 from app.services import watchlist as watchlist_service
@@ -124,21 +123,15 @@ async def relay_alerts(app: rx.App) -> None:
     """In every web worker: in-app alerts an engine running apart put on the bus, shown
     as if the engine were in this process. Each is taken by one worker."""
     sink = ReflexUiSink(app)
-    delay = 0.5
-    while True:
+
+    async def show(item: tuple[int, dict]) -> None:
+        user_id, alert = item
         try:
-            async for user_id, alert in get_live_bus().alerts():
-                delay = 0.5
-                try:
-                    await sink.push_alert(user_id, alert)
-                except Exception as exc:  # one alert's page state must not stop the rest
-                    log.warning("in-app alert for user %s not shown: %r", user_id, exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("alert relay interrupted; retrying in %.1fs: %r", delay, exc)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 10.0)
+            await sink.push_alert(user_id, alert)
+        except Exception as exc:  # one alert's page state must not stop the rest
+            log.warning("in-app alert for user %s not shown: %r", user_id, exc)
+
+    await consume("alert relay", lambda: get_live_bus().alerts(), show)
 
 
 @contextlib.asynccontextmanager

@@ -32,7 +32,7 @@ from reflex.state import StateUpdate
 from reflex_base.constants.state import FIELD_MARKER
 
 from app import db
-from app.runtime.background import running
+from app.runtime.background import consume, running
 from app.runtime.live_bus import QuoteViews, get_live_bus
 from app.services import watchlist as watchlist_service
 
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 ROWS_REFRESH = 3.0
 ROWS_BATCH = 500
-RETRY_MAX = 10.0
 EMPTY_QUOTE = {"price": "", "change": "", "diff": "", "dir": "flat", "at": ""}
 
 
@@ -194,18 +193,10 @@ FANOUT = LiveFanout()
 
 
 async def _consume(app: rx.App) -> None:
-    delay = 0.5
-    while True:
-        try:
-            async for views in get_live_bus().quote_stream():
-                delay = 0.5
-                await FANOUT.deliver(app, views)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("live price stream interrupted; resubscribing in %.1fs: %r", delay, exc)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, RETRY_MAX)
+    async def deliver(views: QuoteViews) -> None:
+        await FANOUT.deliver(app, views)
+
+    await consume("live price stream", lambda: get_live_bus().quote_stream(), deliver)
 
 
 async def _keep_rows() -> None:
